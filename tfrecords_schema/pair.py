@@ -1,0 +1,264 @@
+"""The blur-sharp pair record: feature spec, encoder and decoder.
+
+A pair is one `tf.train.Example`. Images are raw little-endian int16 HU bytes (lossless), the PSF
+is raw little-endian float32 bytes. Every record carries `schema_version`; readers refuse records
+written by a version they do not know.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping
+
+import numpy as np
+import tensorflow as tf
+
+SCHEMA_VERSION = 1
+"""Version of the record layout. Bump it when a feature is added, removed or changes meaning."""
+
+SOURCE_KINDS = ("synthetic", "registered")
+"""`synthetic`: blurry made from sharp by a simulated PSF; `registered`: a real FB/DIBH pair."""
+
+SPLITS = ("train", "test")
+
+MOTION_PARAM_NAMES = (
+    "length_px",
+    "anxiety",
+    "centripetal",
+    "jump_probability",
+    "gaussian_shake",
+    "exposure",
+    "scale",
+)
+"""Per-pair motion-kernel parameters, stored as `motion/<name>` float features.
+
+length_px: path length of the integrated trajectory (pixels, after `scale`); anxiety: strength of
+random shake (Boracchi-Foi "exploration"); centripetal: pull back towards the start;
+jump_probability: chance of an impulsive direction change per step; gaussian_shake: scale of the
+Gaussian velocity perturbation; exposure: fraction of the trajectory integrated (0..1];
+scale: factor applied so the PSF fits its size limit (1 = unscaled).
+"""
+
+
+class SchemaVersionError(ValueError):
+    """A record was written with a schema version this reader cannot read."""
+
+
+class PairDecodeError(ValueError):
+    """A record is not a valid pair (missing feature, inconsistent sizes)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Pair:
+    """One blur-sharp pair as numpy arrays and metadata.
+
+    sharp_hu, blurry_hu: int16 [H, W] in Hounsfield units. psf: float32 [k, k], sums to 1 for
+    synthetic pairs (all zero, k = 1, for registered pairs without a kernel).
+    pixel_spacing_mm: (row, column) spacing in mm. patient_key: salted hash of the patient ID;
+    patient_id is empty unless the dataset was made with raw IDs. subdataset: 0..n-1 for train,
+    -1 for test.
+    """
+
+    sharp_hu: np.ndarray
+    blurry_hu: np.ndarray
+    psf: np.ndarray
+    record_key: str
+    pixel_spacing_mm: tuple[float, float]
+    slice_thickness_mm: float
+    slice_position_mm: float
+    collection: str
+    patient_key: str
+    patient_id: str
+    series_uid: str
+    sop_instance_uid: str
+    slice_index: int
+    kernel_index: int
+    source_kind: str
+    split: str
+    subdataset: int
+    motion: Mapping[str, float]
+    noise_sigma_hu: float = 0.0
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def height(self) -> int:
+        return int(self.sharp_hu.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.sharp_hu.shape[1])
+
+
+_STRING_FIELDS = (
+    "record_key",
+    "collection",
+    "patient_key",
+    "patient_id",
+    "series_uid",
+    "sop_instance_uid",
+    "source_kind",
+    "split",
+)
+_INT_FIELDS = ("slice_index", "kernel_index", "subdataset")
+_FLOAT_FIELDS = ("slice_thickness_mm", "slice_position_mm", "noise_sigma_hu")
+
+
+def _feature_spec() -> dict[str, tf.io.FixedLenFeature]:
+    spec = {
+        "schema_version": tf.io.FixedLenFeature([], tf.int64),
+        "height": tf.io.FixedLenFeature([], tf.int64),
+        "width": tf.io.FixedLenFeature([], tf.int64),
+        "sharp_hu": tf.io.FixedLenFeature([], tf.string),
+        "blurry_hu": tf.io.FixedLenFeature([], tf.string),
+        "psf": tf.io.FixedLenFeature([], tf.string),
+        "psf_size": tf.io.FixedLenFeature([], tf.int64),
+        "pixel_spacing_mm": tf.io.FixedLenFeature([2], tf.float32),
+    }
+    spec.update({name: tf.io.FixedLenFeature([], tf.string) for name in _STRING_FIELDS})
+    spec.update({name: tf.io.FixedLenFeature([], tf.int64) for name in _INT_FIELDS})
+    spec.update({name: tf.io.FixedLenFeature([], tf.float32) for name in _FLOAT_FIELDS})
+    spec.update({f"motion/{name}": tf.io.FixedLenFeature([], tf.float32) for name in MOTION_PARAM_NAMES})
+    return spec
+
+
+FEATURE_SPEC: Mapping[str, tf.io.FixedLenFeature] = _feature_spec()
+"""Spec for `tf.io.parse_single_example`; decode images with `tf.io.decode_raw(x, tf.int16)`."""
+
+
+def _bytes(value: bytes) -> tf.train.Feature:
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def _ints(*values: int) -> tf.train.Feature:
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in values]))
+
+
+def _floats(*values: float) -> tf.train.Feature:
+    return tf.train.Feature(float_list=tf.train.FloatList(value=[float(v) for v in values]))
+
+
+def _check_image(name: str, image: np.ndarray) -> np.ndarray:
+    if image.ndim != 2:
+        raise ValueError(f"{name} must be [H, W], got shape {image.shape}")
+    if image.dtype != np.int16:
+        raise ValueError(f"{name} must be int16 HU, got dtype {image.dtype}")
+    return np.ascontiguousarray(image, dtype="<i2")
+
+
+def encode_pair(pair: Pair) -> bytes:
+    """Serialises `pair` as a `tf.train.Example` (deterministic bytes for equal pairs)."""
+    sharp = _check_image("sharp_hu", pair.sharp_hu)
+    blurry = _check_image("blurry_hu", pair.blurry_hu)
+    if sharp.shape != blurry.shape:
+        raise ValueError(f"sharp_hu {sharp.shape} and blurry_hu {blurry.shape} differ in shape")
+    psf = np.ascontiguousarray(pair.psf, dtype="<f4")
+    if psf.ndim != 2 or psf.shape[0] != psf.shape[1]:
+        raise ValueError(f"psf must be square [k, k], got shape {psf.shape}")
+    if pair.source_kind not in SOURCE_KINDS:
+        raise ValueError(f"source_kind must be one of {SOURCE_KINDS}, got {pair.source_kind!r}")
+    if pair.split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {pair.split!r}")
+    missing = set(MOTION_PARAM_NAMES) - set(pair.motion)
+    if missing:
+        raise ValueError(f"motion parameters missing: {sorted(missing)}")
+    feature = {
+        "schema_version": _ints(SCHEMA_VERSION),
+        "height": _ints(sharp.shape[0]),
+        "width": _ints(sharp.shape[1]),
+        "sharp_hu": _bytes(sharp.tobytes()),
+        "blurry_hu": _bytes(blurry.tobytes()),
+        "psf": _bytes(psf.tobytes()),
+        "psf_size": _ints(psf.shape[0]),
+        "pixel_spacing_mm": _floats(*pair.pixel_spacing_mm),
+    }
+    feature.update({name: _bytes(str(getattr(pair, name)).encode("utf-8")) for name in _STRING_FIELDS})
+    feature.update({name: _ints(getattr(pair, name)) for name in _INT_FIELDS})
+    feature.update({name: _floats(getattr(pair, name)) for name in _FLOAT_FIELDS})
+    feature.update({f"motion/{name}": _floats(pair.motion[name]) for name in MOTION_PARAM_NAMES})
+    example = tf.train.Example(features=tf.train.Features(feature=feature))
+    return example.SerializeToString(deterministic=True)
+
+
+def check_schema_version(version: int) -> None:
+    """Raises `SchemaVersionError` unless `version` is one this reader understands."""
+    if version == SCHEMA_VERSION:
+        return
+    if version > SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"record has schema_version {version}, newer than this reader's {SCHEMA_VERSION}: "
+            "upgrade ctdeblur to read this dataset"
+        )
+    raise SchemaVersionError(
+        f"record has unknown schema_version {version} (this reader knows {SCHEMA_VERSION}); "
+        "the file is not a ctdeblur dataset or is damaged"
+    )
+
+
+def _values(features, name: str, kind: str) -> list:
+    if name not in features.feature:
+        raise PairDecodeError(f"record has no feature {name!r}")
+    values = list(getattr(features.feature[name], kind).value)
+    if not values:
+        raise PairDecodeError(f"feature {name!r} is empty")
+    return values
+
+
+def decode_pair(record: bytes) -> Pair:
+    """Parses one serialised record into a `Pair` (numpy arrays, host byte order)."""
+    example = tf.train.Example()
+    try:
+        example.ParseFromString(record)
+    except Exception as error:  # protobuf raises its own DecodeError type
+        raise PairDecodeError(f"record is not a tf.train.Example: {error}") from error
+    features = example.features
+    if "schema_version" not in features.feature:
+        raise SchemaVersionError("record has no schema_version: it is not a ctdeblur pair")
+    check_schema_version(_values(features, "schema_version", "int64_list")[0])
+
+    height = _values(features, "height", "int64_list")[0]
+    width = _values(features, "width", "int64_list")[0]
+    psf_size = _values(features, "psf_size", "int64_list")[0]
+
+    def image(name: str) -> np.ndarray:
+        raw = _values(features, name, "bytes_list")[0]
+        if len(raw) != height * width * 2:
+            raise PairDecodeError(f"{name} holds {len(raw)} bytes, expected {height}x{width} int16")
+        return np.frombuffer(raw, dtype="<i2").astype(np.int16).reshape(height, width)
+
+    raw_psf = _values(features, "psf", "bytes_list")[0]
+    if len(raw_psf) != psf_size * psf_size * 4:
+        raise PairDecodeError(f"psf holds {len(raw_psf)} bytes, expected {psf_size}x{psf_size} float32")
+    spacing = _values(features, "pixel_spacing_mm", "float_list")
+    return Pair(
+        sharp_hu=image("sharp_hu"),
+        blurry_hu=image("blurry_hu"),
+        psf=np.frombuffer(raw_psf, dtype="<f4").astype(np.float32).reshape(psf_size, psf_size),
+        pixel_spacing_mm=(float(spacing[0]), float(spacing[1])),
+        motion={name: float(_values(features, f"motion/{name}", "float_list")[0]) for name in MOTION_PARAM_NAMES},
+        schema_version=SCHEMA_VERSION,
+        **{name: _values(features, name, "bytes_list")[0].decode("utf-8") for name in _STRING_FIELDS},
+        **{name: int(_values(features, name, "int64_list")[0]) for name in _INT_FIELDS},
+        **{name: float(_values(features, name, "float_list")[0]) for name in _FLOAT_FIELDS},
+    )
+
+
+def parse_pair_tensors(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+    """tf.data map function: one serialised record -> dict of tensors.
+
+    `sharp_hu`, `blurry_hu`: int16 [H, W]; `psf`: float32 [k, k]; every other feature as in
+    `FEATURE_SPEC`. Fails (tf.errors.InvalidArgumentError) on a schema version other than
+    `SCHEMA_VERSION`.
+    """
+    features = tf.io.parse_single_example(serialized, FEATURE_SPEC)
+    version_ok = tf.debugging.assert_equal(
+        features["schema_version"],
+        tf.constant(SCHEMA_VERSION, tf.int64),
+        message=f"ctdeblur record schema_version differs from this reader's {SCHEMA_VERSION}",
+    )
+    with tf.control_dependencies([version_ok]):
+        shape = tf.stack([features["height"], features["width"]])
+        features["sharp_hu"] = tf.reshape(tf.io.decode_raw(features["sharp_hu"], tf.int16, little_endian=True), shape)
+    features["blurry_hu"] = tf.reshape(tf.io.decode_raw(features["blurry_hu"], tf.int16, little_endian=True), shape)
+    k = features["psf_size"]
+    features["psf"] = tf.reshape(tf.io.decode_raw(features["psf"], tf.float32, little_endian=True), tf.stack([k, k]))
+    return features
