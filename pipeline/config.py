@@ -1,0 +1,211 @@
+"""`PipelineConfig`: the dataset stage's one frozen config, from presets, YAML and flags.
+
+Precedence: named preset (default `paper`, the reference paper's dataset) < YAML file < flags.
+Every field carries its help text (with units) in its metadata, and flags are generated from the
+fields, so `--help` documents each of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from typing import Any, Mapping
+
+import yaml
+
+
+def _field(default: Any, help: str, **kwargs: Any) -> Any:
+    return dataclasses.field(default=default, metadata={"help": help, **kwargs})
+
+
+@dataclasses.dataclass(frozen=True)
+class MotionConfig:
+    """Ranges of the random-trajectory motion kernels (DeblurGAN's generator by default)."""
+
+    samples: int = _field(2000, "trajectory samples (steps of the random walk)")
+    length_px_min: float = _field(60.0, "shortest trajectory path length (pixels)")
+    length_px_max: float = _field(60.0, "longest trajectory path length (pixels)")
+    anxiety_max: float = _field(0.1, "upper bound of the shake strength ('exploration'), drawn uniformly")
+    centripetal_max: float = _field(0.7, "upper bound of the pull back to the start, drawn uniformly")
+    jump_probability_max: float = _field(0.2, "upper bound of the impulsive-jump factor (x anxiety = per-step probability)")
+    gaussian_shake_max: float = _field(10.0, "upper bound of the Gaussian velocity shake, drawn uniformly")
+    exposures: tuple[float, ...] = _field((0.01, 0.1, 0.5, 1.0), "exposure fractions of the path to integrate, one drawn per kernel")
+    psf_max_size: int = _field(64, "largest PSF side (pixels); longer paths are scaled down to fit")
+
+    def validate(self) -> None:
+        if self.samples < 2:
+            raise ValueError(f"motion samples must be >= 2, got {self.samples}")
+        if not 0 <= self.length_px_min <= self.length_px_max:
+            raise ValueError(f"need 0 <= length_px_min <= length_px_max, got {self.length_px_min}, {self.length_px_max}")
+        if not self.exposures or any(not 0 < e <= 1 for e in self.exposures):
+            raise ValueError(f"exposures must be fractions in (0, 1], got {self.exposures}")
+        if not 3 <= self.psf_max_size <= 64:
+            raise ValueError(f"psf_max_size must be in [3, 64] pixels, got {self.psf_max_size}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PhantomConfig:
+    """Size of the embedded procedural phantom source (`--source phantom`)."""
+
+    patients: int = _field(6, "phantom patients (body sites cycle head, thorax, abdomen/pelvis)")
+    slices: int = _field(40, "axial slices per phantom series")
+    size: int = _field(512, "phantom matrix size (pixels, square)")
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """Everything that decides the content of a dataset (with the inputs)."""
+
+    seed: int = _field(0, "run seed: kernels, noise, phantoms, split and shard order derive from it and stable ids")
+    target_pairs: int = _field(14329, "pairs to write in total, test included (spread evenly over all series in z)")
+    test_pairs: int = _field(300, "pairs in the patient-disjoint test split")
+    subdatasets: int = _field(7, "train sub-datasets (train-0 .. train-N-1), fed one after another to the trainer")
+    kernels_per_slice: int = _field(1, "motion kernels (pairs) per selected slice; target_pairs and test_pairs must be multiples")
+    min_body_fraction: float = _field(0.10, "skip slices where less than this fraction of pixels is body (HU > body_hu_threshold)")
+    body_hu_threshold: float = _field(-500.0, "HU above which a pixel counts as body")
+    pairs_per_shard: int = _field(128, "pairs per TFRecord shard (about 1 MB per 512x512 pair uncompressed)")
+    compression: str = _field("none", "shard compression: none or gzip", choices=("none", "gzip"))
+    patient_salt: str = _field("ctdeblur-v1", "salt of the patient_key hash; set a secret one for non-public data")
+    raw_patient_ids: bool = _field(False, "also store the raw PatientID in each record (off: only the salted patient_key)")
+    noise_sigma_hu: float = _field(0.0, "std of additive Gaussian noise on the blurry image (HU); 0 = off")
+    noise_poisson_counts_per_hu: float = _field(0.0, "signal-dependent Poisson noise on the blurry image, counts per HU above -1024; 0 = off")
+    collection: str = _field("local", "collection name recorded for --source dicom-dir inputs")
+    motion: MotionConfig = dataclasses.field(default_factory=MotionConfig)
+    phantom: PhantomConfig = dataclasses.field(default_factory=PhantomConfig)
+
+    @property
+    def test_slices(self) -> int:
+        return self.test_pairs // self.kernels_per_slice
+
+    @property
+    def target_slices(self) -> int:
+        return self.target_pairs // self.kernels_per_slice
+
+    def validate(self) -> "PipelineConfig":
+        """Returns self, or raises ValueError naming the bad setting."""
+        if self.kernels_per_slice < 1:
+            raise ValueError(f"kernels_per_slice must be >= 1, got {self.kernels_per_slice}")
+        for name in ("target_pairs", "test_pairs"):
+            value = getattr(self, name)
+            if value < 0 or value % self.kernels_per_slice:
+                raise ValueError(f"{name}={value} must be >= 0 and a multiple of kernels_per_slice={self.kernels_per_slice}")
+        if self.test_pairs > self.target_pairs:
+            raise ValueError(f"test_pairs={self.test_pairs} exceeds target_pairs={self.target_pairs}")
+        if self.subdatasets < 1:
+            raise ValueError(f"subdatasets must be >= 1, got {self.subdatasets}")
+        if self.pairs_per_shard < 1:
+            raise ValueError(f"pairs_per_shard must be >= 1, got {self.pairs_per_shard}")
+        if not 0.0 <= self.min_body_fraction <= 1.0:
+            raise ValueError(f"min_body_fraction must be in [0, 1], got {self.min_body_fraction}")
+        if self.compression not in ("none", "gzip"):
+            raise ValueError(f"compression must be none or gzip, got {self.compression!r}")
+        if self.noise_sigma_hu < 0 or self.noise_poisson_counts_per_hu < 0:
+            raise ValueError("noise settings must be >= 0")
+        if self.phantom.patients < 1 or self.phantom.slices < 1 or self.phantom.size < 32:
+            raise ValueError(f"phantom needs >= 1 patient, >= 1 slice and size >= 32, got {self.phantom}")
+        self.motion.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+PRESETS: Mapping[str, Mapping[str, Any]] = {
+    "paper": {},
+    "demo": {
+        "target_pairs": 240,
+        "test_pairs": 40,
+        "pairs_per_shard": 32,
+        "phantom": {"patients": 6, "slices": 48},
+    },
+    "tiny": {
+        "target_pairs": 24,
+        "test_pairs": 6,
+        "pairs_per_shard": 4,
+        "phantom": {"patients": 4, "slices": 8, "size": 96},
+        "motion": {"samples": 200, "length_px_min": 4.0, "length_px_max": 16.0, "psf_max_size": 17},
+    },
+}
+"""Named settings: `paper` (the reference paper's 14,329 pairs), `demo` (minutes on a laptop),
+`tiny` (seconds, for tests)."""
+
+
+def _nested_types() -> dict[str, type]:
+    hints = typing.get_type_hints(PipelineConfig)
+    return {f.name: hints[f.name] for f in dataclasses.fields(PipelineConfig) if dataclasses.is_dataclass(hints[f.name])}
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any], where: str) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if key not in base:
+            raise ValueError(f"unknown setting {key!r} in {where}; known: {sorted(base)}")
+        if isinstance(base[key], dict):
+            if not isinstance(value, Mapping):
+                raise ValueError(f"setting {key!r} in {where} must be a mapping, got {value!r}")
+            merged[key] = _merge(base[key], value, f"{where}.{key}")
+        else:
+            merged[key] = value
+    return merged
+
+
+def config_from_dict(values: Mapping[str, Any]) -> PipelineConfig:
+    """Builds a validated config from a (possibly partial) nested mapping over the paper defaults."""
+    merged = _merge(dataclasses.asdict(PipelineConfig()), values, "config")
+    nested = {name: cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in merged.pop(name).items()})
+              for name, cls in _nested_types().items()}
+    return PipelineConfig(**merged, **nested).validate()
+
+
+def _flag_fields() -> list[tuple[str, str | None, dataclasses.Field, Any]]:
+    """(flag name, nested group or None, field, type) for every leaf setting."""
+    rows = []
+    hints = typing.get_type_hints(PipelineConfig)
+    nested = _nested_types()
+    for f in dataclasses.fields(PipelineConfig):
+        if f.name in nested:
+            sub_hints = typing.get_type_hints(nested[f.name])
+            for sub in dataclasses.fields(nested[f.name]):
+                rows.append((f"{f.name}_{sub.name}", f.name, sub, sub_hints[sub.name]))
+        else:
+            rows.append((f.name, None, f, hints[f.name]))
+    return rows
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """Adds --preset, --config and one flag per setting (default: unset, i.e. preset/YAML value)."""
+    group = parser.add_argument_group("dataset settings (preset < --config YAML < these flags)")
+    group.add_argument("--preset", choices=sorted(PRESETS), default="paper",
+                       help="named settings: paper (14,329 pairs, the reference paper), demo (minutes), tiny (tests)")
+    group.add_argument("--config", metavar="YAML", help="YAML file with settings (same names; motion: and phantom: nested)")
+    defaults = config_from_dict({})
+    for flag, group_name, f, hint in _flag_fields():
+        default = getattr(getattr(defaults, group_name), f.name) if group_name else getattr(defaults, f.name)
+        help_text = f"{f.metadata['help']} (paper default: {default})"
+        if hint is bool:
+            group.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif typing.get_origin(hint) is tuple:
+            group.add_argument(f"--{flag}", type=float, nargs="+", default=None, help=help_text)
+        else:
+            group.add_argument(f"--{flag}", type=hint, default=None, choices=f.metadata.get("choices"), help=help_text)
+
+
+def config_from_args(args: argparse.Namespace) -> PipelineConfig:
+    """The config named by --preset, updated by --config YAML, then by explicit flags."""
+    values: dict[str, Any] = _merge(dataclasses.asdict(PipelineConfig()), PRESETS[args.preset], f"preset {args.preset}")
+    if args.config:
+        with open(args.config, encoding="utf-8") as handle:
+            loaded = yaml.safe_load(handle) or {}
+        if not isinstance(loaded, Mapping):
+            raise ValueError(f"{args.config} must hold a YAML mapping of settings")
+        values = _merge(values, loaded, args.config)
+    for flag, group_name, f, _ in _flag_fields():
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        if group_name:
+            values[group_name][f.name] = tuple(value) if isinstance(value, list) else value
+        else:
+            values[f.name] = value
+    return config_from_dict(values)

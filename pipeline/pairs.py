@@ -1,0 +1,70 @@
+"""One slice in HU + its task -> one encoded blur-sharp pair (kernel, blur, noise, record)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.config import PipelineConfig
+from pipeline.hashing import derive_rng, patient_key
+from pipeline.kernels import add_noise, blur_hu, motion_psf, motion_trajectory, path_length_px, sample_motion_params
+from pipeline.planning import PairTask
+from tfrecords_schema import Pair, encode_pair
+
+INT16_MIN, INT16_MAX = -32768, 32767
+
+
+def to_int16_hu(hu: np.ndarray) -> np.ndarray:
+    """Rounds HU to the nearest integer and clips to the int16 range."""
+    return np.clip(np.rint(hu), INT16_MIN, INT16_MAX).astype(np.int16)
+
+
+def kernel_rng(config: PipelineConfig, series_uid: str, slice_index: int, kernel_index: int) -> np.random.Generator:
+    """The generator of one pair's kernel and noise: seeded by (run seed, series uid, slice, kernel)."""
+    return derive_rng(config.seed, "kernel", series_uid, slice_index, kernel_index)
+
+
+def make_pair(task: PairTask, hu: np.ndarray, config: PipelineConfig) -> Pair:
+    """Blurs `hu` (float32 [H, W], HU) with the task's random motion kernel."""
+    header = task.header
+    rng = kernel_rng(config, header.series_uid, task.slice_index, task.kernel_index)
+    params = sample_motion_params(rng, config.motion)
+    trajectory = motion_trajectory(params)
+    psf, scale = motion_psf(trajectory, params.exposure, config.motion.psf_max_size)
+    sharp = to_int16_hu(hu)
+    blurry = blur_hu(sharp.astype(np.float32), psf)
+    if config.noise_sigma_hu or config.noise_poisson_counts_per_hu:
+        blurry = add_noise(blurry, rng, config.noise_sigma_hu, config.noise_poisson_counts_per_hu)
+    return Pair(
+        sharp_hu=sharp,
+        blurry_hu=to_int16_hu(blurry),
+        psf=psf,
+        record_key=task.record_key,
+        pixel_spacing_mm=header.pixel_spacing_mm,
+        slice_thickness_mm=header.slice_thickness_mm,
+        slice_position_mm=header.position_mm if header.position_mm is not None else float("nan"),
+        collection=task.collection,
+        patient_key=patient_key(task.patient_id, config.patient_salt),
+        patient_id=task.patient_id if config.raw_patient_ids else "",
+        series_uid=header.series_uid,
+        sop_instance_uid=header.sop_instance_uid,
+        slice_index=task.slice_index,
+        kernel_index=task.kernel_index,
+        source_kind=task.source_kind,
+        split=task.split,
+        subdataset=task.subdataset,
+        motion={
+            "length_px": path_length_px(trajectory, params.exposure, scale),
+            "anxiety": params.anxiety,
+            "centripetal": params.centripetal,
+            "jump_probability": params.jump_probability,
+            "gaussian_shake": params.gaussian_shake,
+            "exposure": params.exposure,
+            "scale": scale,
+        },
+        noise_sigma_hu=config.noise_sigma_hu,
+    )
+
+
+def encode_task(task: PairTask, hu: np.ndarray, config: PipelineConfig) -> bytes:
+    """`make_pair` serialised with the schema."""
+    return encode_pair(make_pair(task, hu, config))

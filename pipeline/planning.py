@@ -1,0 +1,284 @@
+"""Series assembly, slice selection, patient-disjoint split and shard assignment (pure functions).
+
+The dataset is planned from lightweight slice headers only:
+1. `assemble_series`: one SeriesInstanceUID's headers -> ordered, de-duplicated, validated slices.
+2. `make_plan`: all series' eligible-slice counts -> which patients are test, how many slices each
+   series gives (spread evenly in z, exact totals by largest remainder), sub-dataset offsets and
+   shard counts. Patients are ordered by a seeded hash of their key, so the split is random but
+   reproducible.
+3. `pair_tasks`: a series and its plan -> one task per (slice, kernel), each with its shard.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+from typing import Iterable, Mapping, Sequence
+
+from pipeline.config import PipelineConfig
+from pipeline.dicom_hu import SliceHeader
+from pipeline.hashing import patient_key, stable_hash
+from tfrecords_schema import split_dir
+
+
+@dataclasses.dataclass(frozen=True)
+class InputFile:
+    """One file to read: path (local or gs://), the collection it belongs to and its source kind."""
+
+    path: str
+    collection: str
+    source_kind: str = "synthetic"
+
+
+@dataclasses.dataclass(frozen=True)
+class Rejection:
+    """One input file (slice) not written, with a stable reason code and a human detail.
+
+    unselected: the slice is valid but deliberately not used (little body, z stride); such lines
+    go to a separate dead-letter file.
+    """
+
+    path: str
+    reason: str
+    detail: str
+    stage: str
+    series_uid: str = ""
+    sop_instance_uid: str = ""
+    slice_index: int = -1
+    unselected: bool = False
+
+    def to_dict(self) -> dict:
+        row = dataclasses.asdict(self)
+        row.pop("unselected")
+        return row
+
+
+@dataclasses.dataclass(frozen=True)
+class SeriesSlices:
+    """A validated series: slices ordered along the slice normal (slice_index = position in it)."""
+
+    series_uid: str
+    patient_id: str
+    collection: str
+    source_kind: str
+    slices: tuple[SliceHeader, ...]
+    eligible: tuple[int, ...]
+    """Indices into `slices` with enough body to be used."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SeriesPlan:
+    split: str
+    quota: int
+    """Slices to take from the series."""
+    offset: int
+    """Train slices planned before this series (sub-dataset rotation); 0 for test."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    series: Mapping[str, SeriesPlan]
+    pairs_per_split: Mapping[str, int]
+    """Planned pairs per split directory (test, train-0 ..)."""
+    shards_per_split: Mapping[str, int]
+    test_patients: int
+    train_patients: int
+    warnings: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class PairTask:
+    """Everything needed to make and place one pair, without pixels."""
+
+    record_key: str
+    split: str
+    subdataset: int
+    shard: int
+    kernel_index: int
+    slice_index: int
+    collection: str
+    source_kind: str
+    patient_id: str
+    header: SliceHeader
+
+    @property
+    def split_dir(self) -> str:
+        return split_dir(self.split, self.subdataset)
+
+
+def assemble_series(
+    series_uid: str, members: Iterable[tuple[InputFile, SliceHeader]], min_body_fraction: float
+) -> tuple[SeriesSlices | None, list[Rejection]]:
+    """Orders and validates one series' slices; returns (series or None, rejections).
+
+    Duplicate SOP instances keep the first file by path; mixed matrix sizes or patient IDs reject
+    the whole series; slices with a body fraction below `min_body_fraction` are unselected.
+    """
+    ordered = sorted(members, key=lambda member: member[0].path)
+    rejections: list[Rejection] = []
+    kept: list[tuple[InputFile, SliceHeader]] = []
+    seen: dict[str, str] = {}
+    for source, header in ordered:
+        if header.sop_instance_uid in seen:
+            rejections.append(Rejection(
+                header.path, "duplicate_sop_instance",
+                f"SOPInstanceUID {header.sop_instance_uid} already read from {seen[header.sop_instance_uid]}",
+                "series", series_uid, header.sop_instance_uid,
+            ))
+            continue
+        seen[header.sop_instance_uid] = header.path
+        kept.append((source, header))
+    if not kept:
+        return None, rejections
+
+    def reject_all(reason: str, detail: str) -> tuple[None, list[Rejection]]:
+        return None, rejections + [
+            Rejection(h.path, reason, detail, "series", series_uid, h.sop_instance_uid) for _, h in kept
+        ]
+
+    sizes = collections.Counter((h.rows, h.columns) for _, h in kept)
+    if len(sizes) > 1:
+        described = ", ".join(f"{r}x{c} ({n} slices)" for (r, c), n in sorted(sizes.items()))
+        return reject_all("mixed_matrix_sizes", f"series {series_uid} mixes matrix sizes: {described}")
+    patients = sorted({h.patient_id for _, h in kept})
+    if len(patients) > 1:
+        return reject_all("mixed_patient_ids", f"series {series_uid} mixes PatientIDs {patients}")
+
+    kept.sort(key=lambda m: (
+        m[1].position_mm if m[1].position_mm is not None else math.inf,
+        m[1].instance_number if m[1].instance_number is not None else math.inf,
+        m[1].path,
+    ))
+    slices = tuple(h for _, h in kept)
+    eligible = []
+    for index, header in enumerate(slices):
+        if header.body_fraction >= min_body_fraction:
+            eligible.append(index)
+        else:
+            rejections.append(Rejection(
+                header.path, "low_body_fraction",
+                f"body fraction {header.body_fraction:.3f} < {min_body_fraction}",
+                "selection", series_uid, header.sop_instance_uid, index, unselected=True,
+            ))
+    first = kept[0][0]
+    return SeriesSlices(series_uid, patients[0], first.collection, first.source_kind, slices, tuple(eligible)), rejections
+
+
+def _largest_remainder(total: int, weights: Sequence[tuple[str, int]], seed: int) -> dict[str, int]:
+    """Splits `total` into integers proportional to the weights, exactly summing to `total`."""
+    available = sum(w for _, w in weights)
+    if available == 0 or total == 0:
+        return {name: 0 for name, _ in weights}
+    total = min(total, available)
+    exact = {name: total * w / available for name, w in weights}
+    quotas = {name: math.floor(value) for name, value in exact.items()}
+    left = total - sum(quotas.values())
+    by_remainder = sorted(weights, key=lambda item: (-(exact[item[0]] - quotas[item[0]]), stable_hash(seed, "tie", item[0])))
+    for name, _ in by_remainder[:left]:
+        quotas[name] += 1
+    return quotas
+
+
+def make_plan(summaries: Iterable[tuple[str, str, int]], config: PipelineConfig) -> Plan:
+    """Plans the dataset from (series_uid, patient_key, eligible slice count) of every series."""
+    series = sorted(summaries)
+    warnings: list[str] = []
+    per_patient: dict[str, int] = collections.defaultdict(int)
+    for _, key, eligible in series:
+        per_patient[key] += eligible
+    patients = sorted(per_patient, key=lambda key: (stable_hash(config.seed, "split", key), key))
+
+    test_keys: set[str] = set()
+    test_eligible = 0
+    for key in patients:
+        if test_eligible >= config.test_slices or len(test_keys) >= len(patients) - 1:
+            break
+        test_keys.add(key)
+        test_eligible += per_patient[key]
+    if config.test_slices and not test_keys:
+        warnings.append(f"test split is empty: a patient-disjoint test split needs >= 2 patients, found {len(patients)}")
+
+    test_series = [(uid, n) for uid, key, n in series if key in test_keys]
+    train_series = sorted(((uid, n) for uid, key, n in series if key not in test_keys),
+                          key=lambda item: (stable_hash(config.seed, "series", item[0]), item[0]))
+    test_quota = _largest_remainder(config.test_slices, test_series, config.seed)
+    train_quota = _largest_remainder(config.target_slices - config.test_slices, train_series, config.seed)
+
+    test_written = sum(test_quota.values())
+    train_written = sum(train_quota.values())
+    if test_written < config.test_slices:
+        warnings.append(f"test split has {test_written * config.kernels_per_slice} pairs, "
+                        f"{config.test_pairs} requested: not enough eligible slices in test patients")
+    if train_written < config.target_slices - config.test_slices:
+        warnings.append(f"train splits have {train_written * config.kernels_per_slice} pairs, "
+                        f"{config.target_pairs - config.test_pairs} requested: not enough eligible slices")
+
+    plans: dict[str, SeriesPlan] = {uid: SeriesPlan("test", test_quota[uid], 0) for uid, _ in test_series}
+    offset = 0
+    for uid, _ in train_series:
+        plans[uid] = SeriesPlan("train", train_quota[uid], offset)
+        offset += train_quota[uid]
+
+    k = config.kernels_per_slice
+    train_pairs = train_written * k
+    pairs_per_split = {split_dir("test", -1): test_written * k}
+    for index in range(config.subdatasets):
+        pairs_per_split[split_dir("train", index)] = train_pairs // config.subdatasets + (
+            1 if index < train_pairs % config.subdatasets else 0)
+    shards = {name: max(1, math.ceil(pairs / config.pairs_per_shard)) for name, pairs in pairs_per_split.items()}
+    return Plan(plans, pairs_per_split, shards, len(test_keys), len(patients) - len(test_keys), tuple(warnings))
+
+
+def evenly_spaced(count: int, quota: int) -> list[int]:
+    """`quota` distinct indices of range(count), spread evenly (centres of equal z intervals)."""
+    if not 0 <= quota <= count:
+        raise ValueError(f"quota {quota} must be in [0, {count}]")
+    return [math.floor((j + 0.5) * count / quota) for j in range(quota)]
+
+
+def shard_of(record_key: str, shards: int) -> int:
+    """Shard index of a record: a stable hash of its key."""
+    return stable_hash("shard", record_key) % shards
+
+
+def record_key(series_uid: str, slice_index: int, kernel_index: int) -> str:
+    """Unique, sortable key of a pair."""
+    return f"{series_uid}/{slice_index:05d}/{kernel_index:02d}"
+
+
+def pair_tasks(series: SeriesSlices, plan: Plan, config: PipelineConfig) -> tuple[list[PairTask], list[Rejection]]:
+    """The pairs a series contributes under `plan`, and the eligible slices it leaves out."""
+    series_plan = plan.series[series.series_uid]
+    chosen = set(evenly_spaced(len(series.eligible), series_plan.quota))
+    tasks: list[PairTask] = []
+    rejections: list[Rejection] = []
+    rank = 0
+    for position, index in enumerate(series.eligible):
+        header = series.slices[index]
+        if position not in chosen:
+            rejections.append(Rejection(
+                header.path, "not_selected_z_stride",
+                f"z stride keeps {series_plan.quota} of {len(series.eligible)} eligible slices of this series",
+                "selection", series.series_uid, header.sop_instance_uid, index, unselected=True,
+            ))
+            continue
+        for kernel_index in range(config.kernels_per_slice):
+            if series_plan.split == "test":
+                subdataset = -1
+            else:
+                global_pair = (series_plan.offset + rank) * config.kernels_per_slice + kernel_index
+                subdataset = global_pair % config.subdatasets
+            key = record_key(series.series_uid, index, kernel_index)
+            shards = plan.shards_per_split[split_dir(series_plan.split, subdataset)]
+            tasks.append(PairTask(
+                key, series_plan.split, subdataset, shard_of(key, shards), kernel_index, index,
+                series.collection, series.source_kind, series.patient_id, header,
+            ))
+        rank += 1
+    return tasks, rejections
+
+
+def series_summary(series: SeriesSlices, salt: str) -> tuple[str, str, int]:
+    """(series_uid, patient_key, eligible slices): what `make_plan` needs of a series."""
+    return series.series_uid, patient_key(series.patient_id, salt), len(series.eligible)
