@@ -11,6 +11,7 @@ import io
 import os
 
 import apache_beam as beam
+from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
@@ -99,7 +100,7 @@ class ReadSource(beam.PTransform):
             collection = self.config.collection
             return (
                 pbegin
-                | "MatchFiles" >> beam.io.fileio.MatchFiles(list_dicom_dir(self.input_path))
+                | "MatchFiles" >> fileio.MatchFiles(list_dicom_dir(self.input_path))
                 | "ToInputFile" >> beam.Map(lambda meta: InputFile(meta.path, collection))
             )
         raise ValueError(f"unknown source {self.source!r}; choose from {SOURCES}")

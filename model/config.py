@@ -1,0 +1,243 @@
+"""`TrainConfig`: the training stage's one frozen config, from presets, YAML and flags.
+
+Precedence: named preset (default `paper`, the reference paper's recipe) < YAML file < flags.
+Every field carries its help text (with units) in its metadata and one flag is generated per
+field, so `ctdeblur-train --help` documents each of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from typing import Any, Mapping
+
+import yaml
+
+VGG19_LAYERS = (
+    "block1_conv1", "block1_conv2", "block1_pool",
+    "block2_conv1", "block2_conv2", "block2_pool",
+    "block3_conv1", "block3_conv2", "block3_conv3", "block3_conv4", "block3_pool",
+    "block4_conv1", "block4_conv2", "block4_conv3", "block4_conv4", "block4_pool",
+    "block5_conv1", "block5_conv2", "block5_conv3", "block5_conv4", "block5_pool",
+)
+"""Layer names of Keras' VGG19 without its classifier: the choices of `perceptual_layer`."""
+
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
+TRAIN_SUBDATASETS = 7
+
+RUNTIME_FIELDS = frozenset(
+    {"strategy", "jit_compile", "checkpoint_every", "checkpoints_to_keep", "summary_every", "validation_every"}
+)
+"""Settings a resumed run may change: they change neither the maths nor the schedule."""
+
+
+def _field(default: Any, help: str, **kwargs: Any) -> Any:
+    return dataclasses.field(default=default, metadata={"help": help, **kwargs})
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run (with the dataset); paper values by default."""
+
+    generator: str = _field("resnet", "generator network", choices=("resnet",))
+    generator_filters: int = _field(64, "filters of the generator's first conv (x2, x4 after the downsampling convs)")
+    generator_blocks: int = _field(9, "ResBlocks in the generator")
+    generator_dropout: float = _field(0.5, "dropout rate inside each ResBlock (training only)")
+    critic: str = _field("patchgan", "critic network", choices=("patchgan",))
+    critic_filters: int = _field(64, "filters of the critic's first conv block (doubling, at most x8)")
+    critic_blocks: int = _field(4, "conv blocks of the PatchGAN critic (batch norm on all but the first)")
+
+    critic_steps: int = _field(5, "critic updates per generator update")
+    gp_weight: float = _field(10.0, "gradient-penalty weight alpha of WGAN-GP")
+    perceptual_weight: float = _field(100.0, "lambda: weight of the perceptual loss against the adversarial loss")
+    perceptual_layer: str = _field("block3_conv3", "VGG19 layer whose activations the perceptual loss compares", choices=VGG19_LAYERS)
+    perceptual_distance: str = _field("l1", "feature distance: l1 (the paper) or l2 (original DeblurGAN)", choices=("l1", "l2"))
+    perceptual_weights: str = _field(
+        "imagenet",
+        "VGG19 weights: imagenet (Keras cache, then download), a .h5 PATH, or random-init (no ImageNet features)",
+    )
+    generator_learning_rate: float = _field(1e-4, "Adam learning rate of the generator")
+    critic_learning_rate: float = _field(1e-4, "Adam learning rate of the critic")
+    adam_beta_1: float = _field(0.5, "Adam beta_1 of both optimizers (DeblurGAN's value)")
+    adam_beta_2: float = _field(0.999, "Adam beta_2 of both optimizers")
+    generator_warmup_steps: int = _field(
+        0, "first steps train the generator alone on the perceptual loss (the paper's faster recipe); 0 = off"
+    )
+
+    subdatasets: tuple[int, ...] = _field(tuple(range(TRAIN_SUBDATASETS)), "train sub-datasets fed one after another (train-K dirs), in this order")
+    epochs: int = _field(5, "epochs on each sub-dataset before moving to the next")
+    max_steps_per_epoch: int = _field(0, "cap on steps per epoch (a step = one global batch); 0 = the whole sub-dataset")
+    batch_per_replica: int = _field(2, "pairs per replica per step; global batch = this x replicas")
+    crop_size: int = _field(256, "side of the random square crop taken at the same place in both images (pixels)")
+    hu_window: tuple[float, float] = _field((-1024.0, 3071.0), "HU range mapped to the network's [-1, 1] (values outside are clipped)")
+    shuffle_buffer: int = _field(2048, "pairs in the shuffle buffer (about 1 MB each at 512x512)")
+    seed: int = _field(0, "seed of weights, crops, shuffling, dropout and penalty interpolation")
+
+    strategy: str = _field("auto", "tf.distribute strategy: auto, default, mirrored (all local GPUs), multi_worker (TF_CONFIG)", choices=STRATEGIES)
+    mixed_precision: bool = _field(False, "float16 compute with loss scaling (GPUs)")
+    jit_compile: bool = _field(False, "compile the train step with XLA")
+    checkpoint_every: int = _field(500, "save a checkpoint every N steps (and at the end of each sub-dataset)")
+    checkpoints_to_keep: int = _field(3, "newest checkpoints kept in LOGDIR/checkpoints")
+    summary_every: int = _field(50, "write loss scalars to TensorBoard every N steps")
+    validation_every: int = _field(500, "validation PSNR/SSIM and image triplets every N steps (and at the end)")
+    validation_pairs: int = _field(4, "pairs of the test split in the fixed validation batch; 0 = no validation")
+    validation_crop: int = _field(256, "side of the centre crop of each validation pair (pixels)")
+    validation_window_hu: tuple[float, float] = _field((-1000.0, 1000.0), "HU window of validation PSNR/SSIM (data range = width) and of the images")
+
+    def validate(self) -> "TrainConfig":
+        """Returns self, or raises ValueError naming the bad setting."""
+        positive = (
+            "generator_filters", "generator_blocks", "critic_filters", "critic_blocks", "critic_steps", "epochs",
+            "batch_per_replica", "crop_size", "shuffle_buffer", "checkpoint_every", "checkpoints_to_keep",
+            "summary_every", "validation_every", "validation_crop",
+        )
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_steps_per_epoch", "generator_warmup_steps", "validation_pairs", "gp_weight", "perceptual_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.generator_dropout < 1.0:
+            raise ValueError(f"generator_dropout must be in [0, 1), got {self.generator_dropout}")
+        if self.crop_size < 16:
+            raise ValueError(f"crop_size must be >= 16 pixels (the critic downsamples 8x), got {self.crop_size}")
+        if self.validation_pairs and self.validation_crop < 16:
+            raise ValueError(f"validation_crop must be >= 16 pixels (SSIM uses an 11-pixel window), got {self.validation_crop}")
+        for name in ("hu_window", "validation_window_hu"):
+            window = getattr(self, name)
+            if len(window) != 2 or not window[0] < window[1]:
+                raise ValueError(f"{name} must be two HU values low < high, got {window}")
+        if not self.subdatasets or len(set(self.subdatasets)) != len(self.subdatasets):
+            raise ValueError(f"subdatasets must be a non-empty list without repeats, got {self.subdatasets}")
+        if any(not 0 <= s < TRAIN_SUBDATASETS for s in self.subdatasets):
+            raise ValueError(f"subdatasets must be in 0..{TRAIN_SUBDATASETS - 1}, got {self.subdatasets}")
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise ValueError(f"{f.name} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
+        if not self.perceptual_weights:
+            raise ValueError("perceptual_weights must be imagenet, random-init or a path to a VGG19 .h5 file")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (tuples as lists) for YAML and TensorBoard."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+PRESETS: Mapping[str, Mapping[str, Any]] = {
+    "paper": {},
+    "small": {
+        "generator_filters": 32,
+        "generator_blocks": 6,
+        "critic_filters": 32,
+        "perceptual_layer": "block2_conv2",
+        "generator_warmup_steps": 300,
+        "epochs": 1,
+        "max_steps_per_epoch": 200,
+        "crop_size": 128,
+        "shuffle_buffer": 256,
+        "checkpoint_every": 100,
+        "summary_every": 10,
+        "validation_every": 100,
+        "validation_crop": 128,
+    },
+    "tiny": {
+        "generator_filters": 8,
+        "generator_blocks": 2,
+        "critic_filters": 8,
+        "critic_blocks": 3,
+        "perceptual_layer": "block2_conv2",
+        "epochs": 1,
+        "max_steps_per_epoch": 3,
+        "crop_size": 32,
+        "shuffle_buffer": 16,
+        "checkpoint_every": 5,
+        "summary_every": 1,
+        "validation_every": 5,
+        "validation_pairs": 2,
+        "validation_crop": 32,
+    },
+}
+"""Named settings: `paper` (the reference recipe, for GPUs), `small` (a useful CPU run of at most
+an hour on 2 cores), `tiny` (seconds, for tests and the demo)."""
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def _normalised(name: str, value: Any, hint: Any, where: str) -> Any:
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"setting {name!r} in {where} must be a list, got {value!r}")
+        item = typing.get_args(hint)[0]
+        return tuple(item(v) for v in value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is not Any and not isinstance(value, hint):
+        raise ValueError(f"setting {name!r} in {where} must be {hint.__name__}, got {value!r}")
+    return value
+
+
+def config_from_dict(values: Mapping[str, Any], base: TrainConfig | None = None, where: str = "config") -> TrainConfig:
+    """`base` (default: paper values) updated by `values`, validated; unknown names are an error."""
+    hints = _field_types()
+    merged = dataclasses.asdict(base or TrainConfig())
+    for name, value in values.items():
+        if name not in hints:
+            raise ValueError(f"unknown setting {name!r} in {where}; known: {', '.join(sorted(hints))}")
+        merged[name] = _normalised(name, value, hints[name], where)
+    return TrainConfig(**merged).validate()
+
+
+def preset_config(name: str) -> TrainConfig:
+    """The named preset's config (ValueError naming the presets if `name` is unknown)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return config_from_dict(PRESETS[name], where=f"preset {name}")
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """Adds --preset, --config and one flag per setting (default: unset, i.e. preset/YAML value)."""
+    group = parser.add_argument_group("training settings (preset < --config YAML < these flags)")
+    group.add_argument("--preset", choices=tuple(PRESETS), default="paper",
+                       help="named settings: paper (the reference recipe, GPUs), small (<= 1 h on 2 CPU cores), tiny (seconds)")
+    group.add_argument("--config", metavar="YAML", help="YAML file of settings with the flag names below as keys")
+    hints = _field_types()
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        hint = hints[f.name]
+        help_text = f"{f.metadata['help']} (paper: {getattr(defaults, f.name)})"
+        if hint is bool:
+            group.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif typing.get_origin(hint) is tuple:
+            item = typing.get_args(hint)[0]
+            group.add_argument(f"--{f.name}", type=item, nargs="+", default=None, help=help_text)
+        else:
+            group.add_argument(f"--{f.name}", type=hint, default=None, choices=f.metadata.get("choices"), help=help_text)
+
+
+def read_yaml_settings(path: str) -> Mapping[str, Any]:
+    """The mapping in a YAML settings file (ValueError naming the file if it is not one)."""
+    import tensorflow as tf
+
+    try:
+        with tf.io.gfile.GFile(path, "r") as handle:
+            loaded = yaml.safe_load(handle.read()) or {}
+    except (tf.errors.NotFoundError, OSError) as error:
+        raise ValueError(f"cannot read the settings file {path}: {error}") from error
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path} is not valid YAML: {error}") from error
+    if not isinstance(loaded, Mapping):
+        raise ValueError(f"{path} must hold a mapping of setting: value, got {type(loaded).__name__}")
+    return loaded
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The config named by --preset, updated by --config YAML, then by explicit flags."""
+    config = preset_config(args.preset)
+    if args.config:
+        config = config_from_dict(read_yaml_settings(args.config), base=config, where=args.config)
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
+    return config_from_dict(flags, base=config, where="flags")

@@ -1,0 +1,211 @@
+"""tf.data input: a dataset directory (local or gs://) -> batches of (blurry, sharp) crops.
+
+Records are read with `tf.data.TFRecordDataset(files, compression_type=...)` and decoded with
+the schema's `parse_pair_tensors`. Images go from int16 HU `[H, W]` to float32 `[crop, crop, 1]`
+in [-1, 1] (the HU window is config). Randomness (file order, shuffling, crop offsets) derives
+only from the run seed, the sub-dataset and the epoch, and each pair's crop from its position in
+the shuffled order: the same seed gives the same batches, and a resumed epoch can skip the
+records already trained on without decoding them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Mapping
+
+import numpy as np
+import tensorflow as tf
+
+from tfrecords_schema import (
+    MANIFEST_NAME,
+    TEST_DIR,
+    check_schema_version,
+    parse_pair_tensors,
+    tf_compression_type,
+    train_dir,
+)
+
+AIR_HU = -1024
+"""HU of the padding added around slices smaller than the crop."""
+
+
+class DatasetError(ValueError):
+    """A dataset directory is missing, incomplete or unreadable; the message names the path."""
+
+
+def join(*parts: str) -> str:
+    """Joins path parts with '/', for local paths and gs:// URLs alike."""
+    return "/".join([parts[0].rstrip("/"), *parts[1:]])
+
+
+def read_manifest(data_dir: str) -> Mapping[str, Any] | None:
+    """The dataset's manifest.json, or None when the directory has none."""
+    path = join(data_dir, MANIFEST_NAME)
+    if not tf.io.gfile.exists(path):
+        return None
+    try:
+        with tf.io.gfile.GFile(path, "r") as handle:
+            manifest = json.loads(handle.read())
+    except (json.JSONDecodeError, tf.errors.OpError) as error:
+        raise DatasetError(f"{path} is not a readable JSON manifest: {error}") from error
+    check_schema_version(int(manifest.get("schema_version", 0)))
+    return manifest
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """The shards of one split directory (`test` or `train-K`) and its pair count."""
+
+    name: str
+    files: tuple[str, ...]
+    pairs: int
+    compression: str
+
+    @property
+    def compression_type(self) -> str:
+        return tf_compression_type(self.compression)
+
+
+def record_dataset(files, compression: str) -> tf.data.Dataset:
+    """Serialised records of `files`, in file order (one file after another)."""
+    return tf.data.TFRecordDataset(list(files), compression_type=tf_compression_type(compression))
+
+
+def count_records(files, compression: str) -> int:
+    """Number of records in `files` (reads them all)."""
+    return int(record_dataset(files, compression).reduce(np.int64(0), lambda n, _: n + 1).numpy())
+
+
+def find_split(data_dir: str, name: str, manifest: Mapping[str, Any] | None) -> Split:
+    """The split directory `name` of the dataset at `data_dir`; DatasetError if it has no shards."""
+    compression = (manifest or {}).get("compression", "none")
+    if compression not in ("none", "gzip"):
+        raise DatasetError(f"{join(data_dir, MANIFEST_NAME)}: unknown compression {compression!r}")
+    pattern = join(data_dir, name, "pairs-*.tfrecord" + (".gz" if compression == "gzip" else ""))
+    files = tuple(sorted(tf.io.gfile.glob(pattern)))
+    if not files:
+        raise DatasetError(f"no shards match {pattern}: is {data_dir} a ctdeblur dataset with a {name}/ split?")
+    split_info = ((manifest or {}).get("splits") or {}).get(name)
+    pairs = int(split_info["pairs"]) if split_info and "pairs" in split_info else count_records(files, compression)
+    return Split(name, files, pairs, compression)
+
+
+def hu_to_unit(hu: tf.Tensor, window: tuple[float, float]) -> tf.Tensor:
+    """HU -> float32 in [-1, 1]: `window` (low, high) maps to (-1, 1), values outside are clipped."""
+    low, high = float(window[0]), float(window[1])
+    unit = (tf.cast(hu, tf.float32) - low) / (high - low) * 2.0 - 1.0
+    return tf.clip_by_value(unit, -1.0, 1.0)
+
+
+def unit_to_hu(unit: tf.Tensor, window: tuple[float, float]) -> tf.Tensor:
+    """Network range [-1, 1] -> float32 HU in `window` (inverse of `hu_to_unit` inside the window)."""
+    low, high = float(window[0]), float(window[1])
+    return (tf.cast(unit, tf.float32) + 1.0) / 2.0 * (high - low) + low
+
+
+def pad_to_size(hu: tf.Tensor, size: int) -> tf.Tensor:
+    """Pads `[H, W, C]` HU with air at the bottom/right to at least `size` x `size`."""
+    shape = tf.shape(hu)
+    pad_h = tf.maximum(size - shape[0], 0)
+    pad_w = tf.maximum(size - shape[1], 0)
+    return tf.pad(hu, [[0, pad_h], [0, pad_w], [0, 0]], constant_values=tf.cast(AIR_HU, hu.dtype))
+
+
+def crop_pair(blurry_hu: tf.Tensor, sharp_hu: tf.Tensor, size: int, position: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """The same `size` x `size` crop of both `[H, W]` images, as `[size, size, 1]`.
+
+    `position` `[2]` in [0, 1] chooses the offset (0: top/left, 1: bottom/right, 0.5: centre).
+    Images smaller than `size` are first padded with air (-1024 HU).
+    """
+    stacked = pad_to_size(tf.stack([blurry_hu, sharp_hu], axis=-1), size)
+    shape = tf.shape(stacked)
+    room = tf.cast(tf.stack([shape[0] - size, shape[1] - size]), tf.float32)
+    offset = tf.cast(tf.floor(tf.cast(position, tf.float32) * (room + 1.0)), tf.int32)
+    offset = tf.minimum(offset, tf.cast(room, tf.int32))
+    crop = stacked[offset[0] : offset[0] + size, offset[1] : offset[1] + size, :]
+    crop = tf.ensure_shape(crop, [size, size, 2])
+    return crop[..., :1], crop[..., 1:]
+
+
+def epoch_seed(seed: int, subdataset: int, epoch: int) -> int:
+    """A 31-bit seed for one (sub-dataset, epoch) of a run."""
+    return int(np.random.SeedSequence([seed, subdataset, epoch]).generate_state(1)[0] >> 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class InputShard:
+    """This input pipeline's part of each step: pipeline `index` of `count`, feeding `replicas`
+    local replicas `batch` pairs each (so `count * replicas * batch` = global batch)."""
+
+    count: int = 1
+    index: int = 0
+    replicas: int = 1
+    batch: int = 2
+
+    @property
+    def records_per_step(self) -> int:
+        return self.replicas * self.batch
+
+
+def training_batches(
+    split: Split,
+    *,
+    crop_size: int,
+    hu_window: tuple[float, float],
+    shuffle_buffer: int,
+    seed: int,
+    shard: InputShard,
+    steps: int,
+    skip_steps: int = 0,
+) -> tf.data.Dataset:
+    """Batches `(blurry, sharp)`, each `[batch, crop, crop, 1]` float32 in [-1, 1], for one epoch.
+
+    Yields `(steps - skip_steps) * shard.replicas` batches (one per local replica per step).
+    `seed` (see `epoch_seed`) fixes the file order, the shuffled record order and every crop;
+    all pipelines shuffle alike and take every `count`-th record, so their records are disjoint.
+    """
+    rng = np.random.default_rng(seed)
+    files = [split.files[i] for i in rng.permutation(len(split.files))]
+    records = tf.data.TFRecordDataset(
+        files, compression_type=split.compression_type, num_parallel_reads=min(len(files), 8)
+    )
+    records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=False).enumerate()
+    if shard.count > 1:
+        records = records.shard(shard.count, shard.index)
+    records = records.skip(skip_steps * shard.records_per_step)
+
+    def decode(index, serialized):
+        pair = parse_pair_tensors(serialized)
+        position = tf.random.stateless_uniform([2], seed=tf.stack([tf.constant(seed, tf.int64), index]))
+        blurry, sharp = crop_pair(pair["blurry_hu"], pair["sharp_hu"], crop_size, position)
+        return hu_to_unit(blurry, hu_window), hu_to_unit(sharp, hu_window)
+
+    batches = records.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    batches = batches.batch(shard.batch, drop_remainder=True)
+    return batches.take((steps - skip_steps) * shard.replicas).prefetch(tf.data.AUTOTUNE)
+
+
+def validation_batch(split: Split, pairs: int, crop_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed held-out batch: HU (blurry, sharp) int16 `[N, crop, crop, 1]`, centre crops of
+    the first `pairs` records of `split` in file order (N = min(pairs, records))."""
+    blurry, sharp = [], []
+    centre = tf.constant([0.5, 0.5])
+    for serialized in record_dataset(split.files, split.compression).take(pairs):
+        pair = parse_pair_tensors(serialized)
+        b, s = crop_pair(pair["blurry_hu"], pair["sharp_hu"], crop_size, centre)
+        blurry.append(b.numpy())
+        sharp.append(s.numpy())
+    if not blurry:
+        raise DatasetError(f"the {split.name} split has no pairs for the validation batch")
+    return np.stack(blurry), np.stack(sharp)
+
+
+def dataset_splits(data_dir: str, subdatasets, with_test: bool) -> tuple[dict[int, Split], Split | None]:
+    """The train sub-dataset splits `{K: train-K}` and (if `with_test`) the test split."""
+    if not tf.io.gfile.isdir(data_dir):
+        raise DatasetError(f"dataset directory {data_dir} does not exist")
+    manifest = read_manifest(data_dir)
+    train = {k: find_split(data_dir, train_dir(k), manifest) for k in subdatasets}
+    test = find_split(data_dir, TEST_DIR, manifest) if with_test else None
+    return train, test

@@ -1,0 +1,63 @@
+"""Export of the trained generator as a SavedModel that deblurs HU images of any size.
+
+The SavedModel needs only TensorFlow to load (`tf.saved_model.load`); its `serving_default`
+signature (also callable as `.deblur_hu`) takes float32 HU named `hu`, either `[H, W]` or
+`[B, H, W, 1]`, and returns `{"hu": ...}` of the same shape. HU outside the training window are
+clipped. The training window and settings are written beside it in `ctdeblur_generator.json`.
+"""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import tensorflow as tf
+
+from model.config import TrainConfig
+from model.data import hu_to_unit, join, unit_to_hu
+from model.networks import build_generator
+
+EXPORT_INFO_NAME = "ctdeblur_generator.json"
+SIGNATURE_NAME = "deblur_hu"
+
+
+def deblur_function(generator: keras.Model, hu_window: tuple[float, float]):
+    """HU `[H, W]` or `[B, H, W, 1]` -> {"hu": restored HU, same shape} using `generator`."""
+
+    def deblur_hu(hu):
+        shape = tf.shape(hu)
+        rank = tf.size(shape)
+        tf.debugging.assert_equal(
+            tf.logical_or(tf.equal(rank, 2), tf.logical_and(tf.equal(rank, 4), tf.equal(shape[-1], 1))),
+            True,
+            message="hu must be [H, W] or [B, H, W, 1]",
+        )
+        size = tf.cond(tf.equal(rank, 2), lambda: shape[:2], lambda: shape[1:3])
+        images = tf.reshape(hu, tf.concat([[-1], size, [1]], axis=0))
+        images.set_shape([None, None, None, 1])
+        restored = generator(hu_to_unit(images, hu_window), training=False)
+        return {"hu": tf.reshape(unit_to_hu(restored, hu_window), shape)}
+
+    return deblur_hu
+
+
+def export_generator(generator: keras.Model, config: TrainConfig, export_dir: str, info: dict) -> None:
+    """Writes the SavedModel of `generator` (float32 copy, no distribution) to `export_dir`."""
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        portable = build_generator(config)
+    finally:
+        keras.config.set_dtype_policy(policy)
+    portable.set_weights(generator.get_weights())
+    archive = keras.export.ExportArchive()
+    archive.track(portable)
+    archive.add_endpoint(
+        SIGNATURE_NAME,
+        deblur_function(portable, config.hu_window),
+        input_signature=[tf.TensorSpec(shape=None, dtype=tf.float32, name="hu")],
+    )
+    archive.write_out(export_dir, verbose=False)
+    with tf.io.gfile.GFile(join(export_dir, EXPORT_INFO_NAME), "w") as handle:
+        handle.write(json.dumps({"hu_window": list(config.hu_window), "signature": SIGNATURE_NAME,
+                                 "config": config.to_dict(), **info}, indent=2))

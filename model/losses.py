@@ -1,0 +1,93 @@
+"""Loss functions of the WGAN-GP deblurring model: pure functions of tensors.
+
+Critic scores are `[B, ...]` (a PatchGAN's `[B, h, w, 1]` patch scores or `[B]`); an image's
+score is the mean over its patches. Images are `[B, H, W, C]` in the network range [-1, 1].
+Every loss is a scalar mean over the (per-replica) batch.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import tensorflow as tf
+
+
+def image_scores(scores: tf.Tensor) -> tf.Tensor:
+    """Per-image critic score `[B]`: the mean of the patch scores."""
+    scores = tf.cast(scores, tf.float32)
+    return tf.reduce_mean(tf.reshape(scores, [tf.shape(scores)[0], -1]), axis=1)
+
+
+def wasserstein_estimate(real_scores: tf.Tensor, fake_scores: tf.Tensor) -> tf.Tensor:
+    """E[D(sharp)] - E[D(restored)]: the critic's estimate of the Wasserstein-1 distance."""
+    return tf.reduce_mean(image_scores(real_scores)) - tf.reduce_mean(image_scores(fake_scores))
+
+
+def critic_wasserstein_loss(real_scores: tf.Tensor, fake_scores: tf.Tensor) -> tf.Tensor:
+    """The critic minimises E[D(restored)] - E[D(sharp)] (without the gradient penalty)."""
+    return -wasserstein_estimate(real_scores, fake_scores)
+
+
+def generator_adversarial_loss(fake_scores: tf.Tensor) -> tf.Tensor:
+    """The generator minimises -E[D(restored)]."""
+    return -tf.reduce_mean(image_scores(fake_scores))
+
+
+def interpolate(real: tf.Tensor, fake: tf.Tensor, weight: tf.Tensor) -> tf.Tensor:
+    """weight * real + (1 - weight) * fake; `weight` is `[B, 1, 1, 1]` in [0, 1]."""
+    weight = tf.cast(weight, real.dtype)
+    return weight * real + (1.0 - weight) * tf.cast(fake, real.dtype)
+
+
+def gradient_penalty(
+    critic: Callable[[tf.Tensor], tf.Tensor], real: tf.Tensor, fake: tf.Tensor, weight: tf.Tensor
+) -> tf.Tensor:
+    """WGAN-GP penalty E[(||grad_x D(x)||_2 - 1)^2] at x = `interpolate(real, fake, weight)`.
+
+    `weight` `[B, 1, 1, 1]`: the interpolation weights, drawn uniform in [0, 1] by the caller.
+    The gradient norm is per image over all of H, W and channels. Multiply by alpha (10) in the
+    critic loss.
+    """
+    mixed = interpolate(real, fake, weight)
+    with tf.GradientTape() as tape:
+        tape.watch(mixed)
+        scores = image_scores(critic(mixed))
+    grads = tf.cast(tape.gradient(tf.reduce_sum(scores), mixed), tf.float32)
+    norms = tf.sqrt(tf.reduce_sum(tf.square(tf.reshape(grads, [tf.shape(grads)[0], -1])), axis=1) + 1e-12)
+    return tf.reduce_mean(tf.square(norms - 1.0))
+
+
+def feature_distance(features_a: tf.Tensor, features_b: tf.Tensor, distance: str = "l1") -> tf.Tensor:
+    """Mean absolute (`l1`) or mean squared (`l2`) difference of two feature maps."""
+    diff = tf.cast(features_a, tf.float32) - tf.cast(features_b, tf.float32)
+    if distance == "l1":
+        return tf.reduce_mean(tf.abs(diff))
+    if distance == "l2":
+        return tf.reduce_mean(tf.square(diff))
+    raise ValueError(f"perceptual distance must be l1 or l2, got {distance!r}")
+
+
+IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
+"""Per-channel mean (0..255 scale, BGR order) that Keras' VGG19 ImageNet weights expect subtracted."""
+
+
+def vgg_input(images: tf.Tensor) -> tf.Tensor:
+    """Grayscale `[B, H, W, 1]` in [-1, 1] -> VGG19 input `[B, H, W, 3]`.
+
+    The image is mapped to 0..255, replicated to 3 channels and mean-subtracted per channel as
+    ImageNet training did ("caffe" preprocessing: BGR order, no scaling by the std).
+    """
+    gray = (tf.cast(images, tf.float32) + 1.0) * 127.5
+    return tf.concat([gray - mean for mean in IMAGENET_BGR_MEAN], axis=-1)
+
+
+def perceptual_loss(
+    features: Callable[[tf.Tensor], tf.Tensor], restored: tf.Tensor, sharp: tf.Tensor, distance: str = "l1"
+) -> tf.Tensor:
+    """Distance between the VGG features of `restored` and `sharp` (`[B, H, W, 1]`, [-1, 1]).
+
+    `features` maps a VGG19 input (`vgg_input`) to one layer's activations; the sharp image's
+    features are constants (no gradient flows into the target).
+    """
+    target = tf.stop_gradient(features(vgg_input(sharp)))
+    return feature_distance(features(vgg_input(restored)), target, distance)

@@ -1,0 +1,169 @@
+"""Generator and critic networks (Keras 3 on TensorFlow), single-channel CT in and out.
+
+Images are `[B, H, W, 1]` float32 in the network range [-1, 1] (see `model.data.hu_to_unit`).
+`GENERATORS` and `CRITICS` map the config names to builders so other networks can be plugged in.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import keras
+import tensorflow as tf
+
+from model.config import TrainConfig
+
+SIZE_MULTIPLE = 4
+"""The generator downsamples twice by 2: inputs are padded to a multiple of this and cropped back."""
+
+
+class ReflectPad(keras.layers.Layer):
+    """Reflection padding of `pad` pixels on each side of H and W (`[B, H, W, C]`)."""
+
+    def __init__(self, pad: int, **kwargs):
+        super().__init__(**kwargs)
+        self.pad = pad
+
+    def call(self, x):
+        p = self.pad
+        return tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]], mode="REFLECT")
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, c = input_shape
+        return (b, None if h is None else h + 2 * self.pad, None if w is None else w + 2 * self.pad, c)
+
+    def get_config(self):
+        return {**super().get_config(), "pad": self.pad}
+
+
+class PadToMultiple(keras.layers.Layer):
+    """Pads H and W at the bottom/right (mirror, edge included) up to a multiple of `multiple`."""
+
+    def __init__(self, multiple: int, **kwargs):
+        super().__init__(**kwargs)
+        self.multiple = multiple
+
+    def call(self, x):
+        shape = tf.shape(x)
+        pad_h = (-shape[1]) % self.multiple
+        pad_w = (-shape[2]) % self.multiple
+        return tf.pad(x, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]], mode="SYMMETRIC")
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, c = input_shape
+        return (b, self._padded(h), self._padded(w), c)
+
+    def _padded(self, size: int | None) -> int | None:
+        return None if size is None else -(-size // self.multiple) * self.multiple
+
+    def get_config(self):
+        return {**super().get_config(), "multiple": self.multiple}
+
+
+class CropLike(keras.layers.Layer):
+    """Crops `x` (`[B, H', W', C]`, H' >= H) to the H and W of `reference` from the top left."""
+
+    def call(self, x, reference):
+        shape = tf.shape(reference)
+        return x[:, : shape[1], : shape[2], :]
+
+    def compute_output_shape(self, x_shape, reference_shape):
+        return (x_shape[0], reference_shape[1], reference_shape[2], x_shape[3])
+
+
+class GlobalSkip(keras.layers.Layer):
+    """output = clip(input + residual, -1, 1): the generator learns the correction only."""
+
+    def call(self, image, residual):
+        return tf.clip_by_value(image + tf.cast(residual, image.dtype), -1.0, 1.0)
+
+    def compute_output_shape(self, image_shape, residual_shape):
+        return image_shape
+
+
+def instance_norm(name: str) -> keras.layers.Layer:
+    """Instance normalisation (per image and channel over H, W) with learned scale and offset."""
+    return keras.layers.GroupNormalization(groups=-1, epsilon=1e-5, name=name)
+
+
+def _res_block(x, filters: int, dropout: float, name: str):
+    """conv - instance norm - ReLU - dropout - conv - instance norm, added to the block input."""
+    y = ReflectPad(1, name=f"{name}_pad1")(x)
+    y = keras.layers.Conv2D(filters, 3, name=f"{name}_conv1")(y)
+    y = instance_norm(f"{name}_norm1")(y)
+    y = keras.layers.ReLU(name=f"{name}_relu")(y)
+    if dropout:
+        y = keras.layers.Dropout(dropout, name=f"{name}_dropout")(y)
+    y = ReflectPad(1, name=f"{name}_pad2")(y)
+    y = keras.layers.Conv2D(filters, 3, name=f"{name}_conv2")(y)
+    y = instance_norm(f"{name}_norm2")(y)
+    return keras.layers.Add(name=f"{name}_add")([x, y])
+
+
+def build_resnet_generator(filters: int = 64, blocks: int = 9, dropout: float = 0.5, name: str = "generator") -> keras.Model:
+    """DeblurGAN's ResNet generator, fully convolutional, `[B, H, W, 1]` -> `[B, H, W, 1]` in [-1, 1].
+
+    7x7 conv, two stride-2 3x3 convs (x2, x4 filters), `blocks` ResBlocks, two stride-2 transposed
+    convs, 7x7 conv to one channel, tanh; the result is a residual added to the input and clipped.
+    Any H x W: the input is mirror-padded to a multiple of 4 and the output cropped back.
+    Paper defaults: filters 64, blocks 9, dropout 0.5.
+    """
+    image = keras.Input(shape=(None, None, 1), name="blurry")
+    x = PadToMultiple(SIZE_MULTIPLE, name="pad_to_multiple")(image)
+    x = ReflectPad(3, name="head_pad")(x)
+    x = keras.layers.Conv2D(filters, 7, name="head_conv")(x)
+    x = instance_norm("head_norm")(x)
+    x = keras.layers.ReLU(name="head_relu")(x)
+    for i, mult in enumerate((2, 4)):
+        x = keras.layers.Conv2D(filters * mult, 3, strides=2, padding="same", name=f"down{i}_conv")(x)
+        x = instance_norm(f"down{i}_norm")(x)
+        x = keras.layers.ReLU(name=f"down{i}_relu")(x)
+    for i in range(blocks):
+        x = _res_block(x, filters * 4, dropout, name=f"res{i}")
+    for i, mult in enumerate((2, 1)):
+        x = keras.layers.Conv2DTranspose(filters * mult, 3, strides=2, padding="same", name=f"up{i}_conv")(x)
+        x = instance_norm(f"up{i}_norm")(x)
+        x = keras.layers.ReLU(name=f"up{i}_relu")(x)
+    x = ReflectPad(3, name="tail_pad")(x)
+    x = keras.layers.Conv2D(1, 7, name="tail_conv")(x)
+    residual = keras.layers.Activation("tanh", dtype="float32", name="residual")(x)
+    residual = CropLike(name="crop_back")(residual, image)
+    restored = GlobalSkip(dtype="float32", name="restored")(image, residual)
+    return keras.Model(image, restored, name=name)
+
+
+def build_patchgan_critic(filters: int = 64, blocks: int = 4, name: str = "critic") -> keras.Model:
+    """PatchGAN critic: `[B, H, W, 1]` in [-1, 1] -> unbounded patch scores `[B, h, w, 1]` (float32).
+
+    `blocks` 4x4 conv blocks (filters doubling from `filters`, at most x8; stride 2 except the
+    last), batch norm on all but the first, LeakyReLU 0.2; then a 4x4 conv to one score per patch.
+    No sigmoid: the scores are a Wasserstein critic's. Paper defaults: filters 64, blocks 4.
+    """
+    image = keras.Input(shape=(None, None, 1), name="image")
+    x = image
+    for i in range(blocks):
+        stride = 2 if i < blocks - 1 else 1
+        x = keras.layers.Conv2D(filters * min(2**i, 8), 4, strides=stride, padding="same", name=f"block{i}_conv")(x)
+        if i > 0:
+            x = keras.layers.BatchNormalization(name=f"block{i}_norm")(x)
+        x = keras.layers.LeakyReLU(negative_slope=0.2, name=f"block{i}_lrelu")(x)
+    scores = keras.layers.Conv2D(1, 4, padding="same", dtype="float32", name="scores")(x)
+    return keras.Model(image, scores, name=name)
+
+
+GENERATORS: Mapping[str, Callable[[TrainConfig], keras.Model]] = {
+    "resnet": lambda c: build_resnet_generator(c.generator_filters, c.generator_blocks, c.generator_dropout),
+}
+CRITICS: Mapping[str, Callable[[TrainConfig], keras.Model]] = {
+    "patchgan": lambda c: build_patchgan_critic(c.critic_filters, c.critic_blocks),
+}
+
+
+def build_generator(config: TrainConfig) -> keras.Model:
+    """The generator named by `config.generator`, sized by the config."""
+    return GENERATORS[config.generator](config)
+
+
+def build_critic(config: TrainConfig) -> keras.Model:
+    """The critic named by `config.critic`, sized by the config."""
+    return CRITICS[config.critic](config)

@@ -1,0 +1,61 @@
+"""The training schedule: train sub-datasets one after another, `epochs` epochs each.
+
+A position (stage, epoch, step) names the next step to run: `stage` indexes the configured
+sub-dataset order, `step` counts global batches within the epoch. The position is what the
+checkpoints store, so a restarted run continues exactly where the saved one stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+
+@dataclasses.dataclass(frozen=True)
+class Position:
+    """Next step to run: sub-dataset `stage` (index into the order), `epoch`, `step` (0-based)."""
+
+    stage: int = 0
+    epoch: int = 0
+    step: int = 0
+
+
+def steps_per_epoch(pairs: int, global_batch: int, max_steps: int = 0) -> int:
+    """Full global batches in `pairs` pairs, capped at `max_steps` (0 = no cap)."""
+    steps = pairs // global_batch
+    return min(steps, max_steps) if max_steps else steps
+
+
+def normalise(position: Position, steps: Sequence[int], epochs: int) -> Position:
+    """`position` moved past a finished epoch, a finished sub-dataset and empty sub-datasets."""
+    stage, epoch, step = position.stage, position.epoch, position.step
+    while stage < len(steps):
+        if step >= steps[stage]:
+            epoch, step = epoch + 1, 0
+        if steps[stage] and epoch < epochs:
+            break
+        stage, epoch, step = stage + 1, 0, 0
+    return Position(stage, epoch, step)
+
+
+def advance(position: Position, steps: Sequence[int], epochs: int) -> Position:
+    """The position after running the step at `position`."""
+    return normalise(dataclasses.replace(position, step=position.step + 1), steps, epochs)
+
+
+def finished(position: Position, steps: Sequence[int]) -> bool:
+    """True when no step is left."""
+    return position.stage >= len(steps)
+
+
+def total_steps(steps: Sequence[int], epochs: int) -> int:
+    """Steps of the whole schedule."""
+    return sum(steps) * epochs
+
+
+def steps_done(position: Position, steps: Sequence[int], epochs: int) -> int:
+    """Steps before `position` in the schedule."""
+    done = sum(steps[: position.stage]) * epochs
+    if position.stage < len(steps):
+        done += position.epoch * steps[position.stage] + position.step
+    return done

@@ -1,0 +1,432 @@
+"""`ctdeblur-train`: WGAN-GP training of the CT deblurring generator with tf.distribute.
+
+    ctdeblur-train --data DIR --logdir DIR [--preset paper|small|tiny] [--config YAML]
+                   [--export DIR] [--strategy auto|default|mirrored|multi_worker] [...]
+
+DIR may be local or gs://. The train sub-datasets are fed one after another, `epochs` epochs
+each; checkpoints in LOGDIR/checkpoints store the models, optimizers and the schedule position,
+and rerunning the same command resumes exactly there. TensorBoard reads LOGDIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import signal
+import sys
+import time
+from typing import Callable, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+import yaml
+from tqdm import tqdm
+
+from model import schedule
+from model.config import RUNTIME_FIELDS, TrainConfig, add_config_flags, config_from_args
+from model.data import (
+    DatasetError,
+    InputShard,
+    Split,
+    dataset_splits,
+    epoch_seed,
+    hu_to_unit,
+    join,
+    training_batches,
+    unit_to_hu,
+    validation_batch,
+)
+from model.distribute import StrategyError, is_chief, make_strategy, strategy_name, task_id
+from model.export import SIGNATURE_NAME, export_generator
+from model.gan import DeblurWGAN
+from model.metrics import display, psnr_hu, ssim_hu
+from model.networks import build_critic, build_generator
+from model.perceptual import RANDOM_INIT, PerceptualWeightsError, WeightsSource, feature_extractor, load_vgg19
+
+CHECKPOINT_DIR = "checkpoints"
+CONFIG_NAME = "train_config.yaml"
+EXIT_USER_ERROR = 2
+EXIT_SIGTERM = 143
+
+
+class ResumeError(ValueError):
+    """The logdir holds a run that this command cannot continue; the message says why."""
+
+
+def make_optimizer(learning_rate: float, config: TrainConfig) -> keras.optimizers.Optimizer:
+    """Adam with the config's betas, wrapped for loss scaling under mixed precision."""
+    adam = keras.optimizers.Adam(learning_rate, beta_1=config.adam_beta_1, beta_2=config.adam_beta_2)
+    return keras.optimizers.LossScaleOptimizer(adam) if config.mixed_precision else adam
+
+
+def build_model(config: TrainConfig, vgg: keras.Model) -> DeblurWGAN:
+    """Generator, critic and perceptual features from `config`, compiled with both optimizers.
+
+    Call inside `strategy.scope()` so the variables are distributed.
+    """
+    gan = DeblurWGAN(
+        build_generator(config),
+        build_critic(config),
+        feature_extractor(vgg, config.perceptual_layer),
+        critic_steps=config.critic_steps,
+        gp_weight=config.gp_weight,
+        perceptual_weight=config.perceptual_weight,
+        perceptual_distance=config.perceptual_distance,
+        seed=config.seed,
+    )
+    gan.compile(
+        make_optimizer(config.generator_learning_rate, config),
+        make_optimizer(config.critic_learning_rate, config),
+    )
+    return gan
+
+
+def distributed_step(strategy: tf.distribute.Strategy, replica_fn: Callable, jit_compile: bool) -> Callable:
+    """A tf.function running `replica_fn(batch)` on every replica and averaging its logs."""
+    per_replica = tf.function(replica_fn, jit_compile=True) if jit_compile else replica_fn
+
+    @tf.function
+    def step(batch):
+        logs = strategy.run(per_replica, args=(batch,))
+        return {name: strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None) for name, value in logs.items()}
+
+    return step
+
+
+def weights_digest(model: keras.Model) -> str:
+    """SHA-256 (first 16 hex digits) of a model's weights: equal digests, equal weights."""
+    digest = hashlib.sha256()
+    for weight in model.get_weights():
+        digest.update(np.ascontiguousarray(weight).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def config_differences(saved: dict, current: TrainConfig) -> list[str]:
+    """Settings (other than `RUNTIME_FIELDS`) whose values differ between a saved run and now."""
+    now = current.to_dict()
+    return [
+        f"{name}: {saved.get(name)!r} in the logdir, {now[name]!r} now"
+        for name in now
+        if name not in RUNTIME_FIELDS and saved.get(name) != now[name]
+    ]
+
+
+class Training:
+    """One invocation of the trainer: builds everything, resumes, runs the schedule, exports."""
+
+    def __init__(self, config: TrainConfig, data_dir: str, logdir: str, strategy: tf.distribute.Strategy):
+        self.config = config
+        self.data_dir = data_dir
+        self.logdir = logdir
+        self.strategy = strategy
+        self.chief = is_chief(strategy)
+        self.global_batch = config.batch_per_replica * strategy.num_replicas_in_sync
+        self.stop_signal: int | None = None
+        self.validation_result: dict[str, float] = {}
+
+    def say(self, message: str) -> None:
+        prefix = "" if self.chief else f"[worker {task_id(self.strategy)}] "
+        tqdm.write(prefix + message, file=sys.stdout)
+
+    def prepare(self) -> None:
+        """Finds the data, loads VGG19, builds the model and checkpointing; fails fast."""
+        config = self.config
+        with_validation = config.validation_pairs > 0
+        self.train_splits, test_split = dataset_splits(self.data_dir, config.subdatasets, with_validation)
+        self.steps = [
+            schedule.steps_per_epoch(self.train_splits[s].pairs, self.global_batch, config.max_steps_per_epoch)
+            for s in config.subdatasets
+        ]
+        if not any(self.steps):
+            raise DatasetError(
+                f"no train sub-dataset of {self.data_dir} holds a full global batch of {self.global_batch} pairs"
+            )
+        keras.mixed_precision.set_global_policy("mixed_float16" if config.mixed_precision else "float32")
+        keras.utils.set_random_seed(config.seed)
+        with self.strategy.scope():
+            vgg, self.weights_source = load_vgg19(config.perceptual_weights)
+            self.gan = build_model(config, vgg)
+        if self.weights_source.kind == RANDOM_INIT:
+            self.say(f"WARNING: perceptual loss uses {self.weights_source.description} (--perceptual_weights {RANDOM_INIT})")
+        if with_validation:
+            blurry, sharp = validation_batch(test_split, config.validation_pairs, config.validation_crop)
+            self.validation_hu = (blurry.astype(np.float32), sharp.astype(np.float32))
+        self._prepare_checkpoints()
+
+    def _prepare_checkpoints(self) -> None:
+        self.position_vars = {
+            name: tf.Variable(0, dtype=tf.int64, trainable=False, name=name)
+            for name in ("stage", "epoch", "step", "global_step", "global_batch")
+        }
+        gan = self.gan
+        self.checkpoint = tf.train.Checkpoint(
+            generator=gan.generator,
+            critic=gan.critic,
+            generator_optimizer=gan.generator_optimizer,
+            critic_optimizer=gan.critic_optimizer,
+            interpolation_seed=gan.interpolation_seed.state,
+            **self.position_vars,
+        )
+        self.checkpoint_dir = join(self.logdir, CHECKPOINT_DIR)
+        directory = self.checkpoint_dir if self.chief else join(self.checkpoint_dir, f"workertemp_{task_id(self.strategy)}")
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, directory, max_to_keep=self.config.checkpoints_to_keep,
+            step_counter=self.position_vars["global_step"],
+        )
+
+    def restore(self) -> schedule.Position:
+        """Restores the latest checkpoint of the logdir, if any; returns the position to run next."""
+        latest = tf.train.latest_checkpoint(self.checkpoint_dir)
+        config_path = join(self.logdir, CONFIG_NAME)
+        if latest and tf.io.gfile.exists(config_path):
+            with tf.io.gfile.GFile(config_path, "r") as handle:
+                saved = yaml.safe_load(handle.read()) or {}
+            differences = config_differences(saved, self.config)
+            if differences:
+                raise ResumeError(
+                    f"{self.logdir} holds a run with other settings; resuming needs the same ones "
+                    f"(or use a new --logdir):\n  " + "\n  ".join(differences)
+                )
+        if self.chief:
+            tf.io.gfile.makedirs(self.logdir)
+            with tf.io.gfile.GFile(config_path, "w") as handle:
+                handle.write(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+        if not latest:
+            self.position_vars["global_batch"].assign(self.global_batch)
+            self.say(f"starting a new run in {self.logdir}")
+            return schedule.Position()
+        try:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+        except (AssertionError, ValueError, tf.errors.OpError) as error:
+            raise ResumeError(f"checkpoint {latest} does not fit this model configuration: {error}") from error
+        saved_batch = int(self.position_vars["global_batch"].numpy())
+        if saved_batch != self.global_batch:
+            raise ResumeError(
+                f"{latest} was trained with a global batch of {saved_batch} pairs, this run has "
+                f"{self.global_batch} ({self.config.batch_per_replica} x {self.strategy.num_replicas_in_sync} replicas); "
+                "resume with the same number of replicas or set --batch_per_replica to match"
+            )
+        position = schedule.Position(*(int(self.position_vars[n].numpy()) for n in ("stage", "epoch", "step")))
+        position = schedule.normalise(position, self.steps, self.config.epochs)
+        self.say(f"resuming from {latest} at {self.describe(position)} (global step {self.global_step})")
+        return position
+
+    @property
+    def global_step(self) -> int:
+        return int(self.position_vars["global_step"].numpy())
+
+    def describe(self, position: schedule.Position) -> str:
+        if schedule.finished(position, self.steps):
+            return "the end of the schedule"
+        sub = self.config.subdatasets[position.stage]
+        return (
+            f"train-{sub} epoch {position.epoch + 1}/{self.config.epochs} "
+            f"step {position.step + 1}/{self.steps[position.stage]}"
+        )
+
+    def save(self, position: schedule.Position) -> None:
+        """Checkpoints models, optimizers and `position` (all workers must call it together)."""
+        for name, value in dataclasses.asdict(position).items():
+            self.position_vars[name].assign(value)
+        self.manager.save(checkpoint_number=self.global_step)
+        if not self.chief:
+            tf.io.gfile.rmtree(self.manager.directory)
+
+    def epoch_dataset(self, position: schedule.Position):
+        """The distributed batches of the epoch at `position`, from its step on."""
+        config, strategy = self.config, self.strategy
+        sub = config.subdatasets[position.stage]
+        split: Split = self.train_splits[sub]
+        seed = epoch_seed(config.seed, sub, position.epoch)
+
+        def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+            shard = InputShard(
+                count=context.num_input_pipelines,
+                index=context.input_pipeline_id,
+                replicas=strategy.num_replicas_in_sync // context.num_input_pipelines,
+                batch=config.batch_per_replica,
+            )
+            return training_batches(
+                split, crop_size=config.crop_size, hu_window=config.hu_window, shuffle_buffer=config.shuffle_buffer,
+                seed=seed, shard=shard, steps=self.steps[position.stage], skip_steps=position.step,
+            )
+
+        return strategy.distribute_datasets_from_function(dataset_fn)
+
+    def write_config_summary(self) -> None:
+        rows = [("setting", "value"), ("---", "---"), ("data", self.data_dir), ("strategy", strategy_name(self.strategy)),
+                ("global batch", str(self.global_batch)), ("perceptual weights", self.weights_source.description)]
+        rows += [(k, str(v)) for k, v in self.config.to_dict().items()]
+        table = "\n".join(f"| {a} | {b} |" for a, b in rows)
+        tf.summary.text("config", table, step=self.global_step)
+
+    def write_scalars(self, logs: dict, seconds_per_step: float) -> None:
+        for name, value in logs.items():
+            tf.summary.scalar(name, float(value), step=self.global_step)
+        tf.summary.scalar("learning_rate/generator", float(self.gan.generator_optimizer.learning_rate), step=self.global_step)
+        tf.summary.scalar("learning_rate/critic", float(self.gan.critic_optimizer.learning_rate), step=self.global_step)
+        if seconds_per_step > 0:
+            tf.summary.scalar("throughput/pairs_per_second", self.global_batch / seconds_per_step, step=self.global_step)
+
+    def validate(self) -> None:
+        """PSNR/SSIM of the fixed validation batch (and of its blurry input) and image triplets."""
+        config = self.config
+        blurry_hu, sharp_hu = (tf.constant(a) for a in self.validation_hu)
+        restored = self.gan.generator(hu_to_unit(blurry_hu, config.hu_window), training=False)
+        restored_hu = unit_to_hu(restored, config.hu_window)
+        window = config.validation_window_hu
+        result = {
+            "validation/psnr_db": float(tf.reduce_mean(psnr_hu(restored_hu, sharp_hu, window))),
+            "validation/ssim": float(tf.reduce_mean(ssim_hu(restored_hu, sharp_hu, window))),
+            "validation/psnr_db_blurry": float(tf.reduce_mean(psnr_hu(blurry_hu, sharp_hu, window))),
+            "validation/ssim_blurry": float(tf.reduce_mean(ssim_hu(blurry_hu, sharp_hu, window))),
+        }
+        for name, value in result.items():
+            tf.summary.scalar(name, value, step=self.global_step)
+        triplets = tf.concat([display(blurry_hu, window), display(restored_hu, window), display(sharp_hu, window)], axis=2)
+        tf.summary.image("validation/blurry_restored_sharp", triplets, step=self.global_step, max_outputs=len(triplets))
+        self.validation_result = result
+
+    def _on_signal(self, signum, frame) -> None:
+        self.stop_signal = signum
+
+    def run(self, position: schedule.Position) -> schedule.Position:
+        """Runs the schedule from `position`; returns where it stopped (the end unless signalled)."""
+        config, steps = self.config, self.steps
+        writer = tf.summary.create_file_writer(self.logdir) if self.chief else tf.summary.create_noop_writer()
+        train_step = distributed_step(self.strategy, self.gan.train_step, config.jit_compile)
+        warmup_step = distributed_step(self.strategy, self.gan.warmup_step, config.jit_compile)
+        multi_worker = isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        if not multi_worker:
+            signal.signal(signal.SIGTERM, self._on_signal)
+        total = schedule.total_steps(steps, config.epochs)
+        progress = tqdm(total=total, initial=schedule.steps_done(position, steps, config.epochs), unit="step",
+                        disable=not self.chief, dynamic_ncols=True)
+        last_saved, last_validated = self.global_step, -1
+        with writer.as_default():
+            self.write_config_summary()
+            while not schedule.finished(position, steps) and self.stop_signal is None:
+                stage, epoch = position.stage, position.epoch
+                batches = iter(self.epoch_dataset(position))
+                tick = time.perf_counter()
+                while position.stage == stage and position.epoch == epoch and self.stop_signal is None:
+                    step_fn = warmup_step if self.global_step < config.generator_warmup_steps else train_step
+                    logs = step_fn(next(batches))
+                    self.position_vars["global_step"].assign_add(1)
+                    position = schedule.advance(position, steps, config.epochs)
+                    progress.update(1)
+                    step = self.global_step
+                    if step % config.summary_every == 0:
+                        now = time.perf_counter()
+                        self.write_scalars(logs, (now - tick) / config.summary_every)
+                        tick = now
+                        progress.set_postfix({k.split("/")[-1][:12]: f"{float(v):.3g}" for k, v in logs.items()})
+                    if self.chief and config.validation_pairs and step % config.validation_every == 0:
+                        self.validate()
+                        last_validated = step
+                    if step % config.checkpoint_every == 0 or position.stage != stage:
+                        self.save(position)
+                        last_saved = step
+            if self.global_step != last_saved:
+                self.save(position)
+            if self.chief and config.validation_pairs and self.global_step != last_validated:
+                self.validate()
+        writer.flush()
+        progress.close()
+        return position
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ctdeblur-train",
+        description="Train the WGAN-GP CT deblurring generator on a ctdeblur dataset (local or gs://), "
+        "with TensorBoard summaries, resumable checkpoints and a SavedModel export.",
+        epilog="Rerun the same command with the same --logdir to resume after an interruption. "
+        "See docs/training.md.",
+    )
+    parser.add_argument("--data", required=True, metavar="DIR",
+                        help="dataset directory (local or gs://) with manifest.json, test/ and train-0/ .. train-6/")
+    parser.add_argument("--logdir", required=True, metavar="DIR",
+                        help="TensorBoard summaries, checkpoints and train_config.yaml (local or gs://); reuse it to resume")
+    parser.add_argument("--export", metavar="DIR",
+                        help="at the end, write the generator as a SavedModel here (serving signature: HU in, HU out)")
+    add_config_flags(parser)
+    return parser
+
+
+def print_start(training: Training) -> None:
+    config = training.config
+    training.say(f"ctdeblur-train: {strategy_name(training.strategy)}, global batch {training.global_batch} "
+                 f"({config.batch_per_replica} per replica), {config.crop_size}x{config.crop_size} crops")
+    training.say(f"  perceptual loss: {config.perceptual_distance} of VGG19 {config.perceptual_layer} x "
+                 f"{config.perceptual_weight:g}, weights {training.weights_source.description}")
+    for sub, steps in zip(config.subdatasets, training.steps):
+        split = training.train_splits[sub]
+        note = "" if steps else f"  (skipped: fewer pairs than the global batch {training.global_batch})"
+        training.say(f"  train-{sub}: {split.pairs} pairs, {steps} steps/epoch x {config.epochs} epochs{note}")
+
+
+def print_end(training: Training, position: schedule.Position, steps_run: int, seconds: float,
+              export_dir: str | None) -> None:
+    config = training.config
+    if training.stop_signal is not None:
+        training.say(f"stopped by signal {training.stop_signal} at global step {training.global_step} "
+                     f"(next: {training.describe(position)}); checkpoint saved, rerun the same command to resume")
+    else:
+        training.say(f"ctdeblur-train: schedule complete at global step {training.global_step} "
+                     f"({steps_run} steps in this run, {seconds:.1f} s)")
+    training.say(f"  checkpoints: {training.checkpoint_dir} (latest: {training.manager.latest_checkpoint})")
+    training.say(f"  TensorBoard: tensorboard --logdir {training.logdir}")
+    result = training.validation_result
+    if result:
+        window = config.validation_window_hu
+        training.say(
+            f"  validation ({len(training.validation_hu[0])} pairs, window [{window[0]:g}, {window[1]:g}] HU): "
+            f"PSNR {result['validation/psnr_db']:.2f} dB (blurry {result['validation/psnr_db_blurry']:.2f}), "
+            f"SSIM {result['validation/ssim']:.4f} (blurry {result['validation/ssim_blurry']:.4f})"
+        )
+    if export_dir and training.chief and training.stop_signal is None:
+        training.say(f"  exported generator: {export_dir} (signature serving_default / {SIGNATURE_NAME}: "
+                     "float32 HU [H, W] or [B, H, W, 1] -> HU)")
+    training.say(f"  generator weights sha256: {weights_digest(training.gan.generator)}")
+
+
+def run(config: TrainConfig, data_dir: str, logdir: str, export_dir: str | None) -> int:
+    """Trains (or resumes) and exports; returns the process exit code."""
+    strategy = make_strategy(config.strategy)
+    training = Training(config, data_dir, logdir, strategy)
+    training.prepare()
+    print_start(training)
+    position = training.restore()
+    started, start_step = time.perf_counter(), training.global_step
+    position = training.run(position)
+    seconds = time.perf_counter() - started
+    if export_dir and training.chief and training.stop_signal is None:
+        export_generator(training.gan.generator, config, export_dir, {
+            "global_step": training.global_step,
+            "perceptual_weights": training.weights_source.description,
+            "data": data_dir,
+        })
+    print_end(training, position, training.global_step - start_step, seconds, export_dir)
+    return EXIT_SIGTERM if training.stop_signal is not None else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point of `ctdeblur-train`."""
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+        return run(config, args.data, args.logdir, args.export)
+    except (ValueError, DatasetError, PerceptualWeightsError, StrategyError, ResumeError) as error:
+        print(f"ctdeblur-train: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except tf.errors.DataLossError as error:
+        print(f"ctdeblur-train: error: a shard of {args.data} is damaged ({error.message}); "
+              "check the dataset with ctdeblur-shard-stats or rebuild it", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

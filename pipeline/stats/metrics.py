@@ -1,0 +1,172 @@
+"""Per-pair measurements (TensorFlow, used inside tf.data) and their summaries (numpy).
+
+The per-pair functions take int16 HU images `[H, W]` and a float32 PSF `[k, k]` as decoded by
+`tfrecords_schema.parse_pair_tensors`; nothing here loops over pixels in Python.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+HU_OFFSET = 32768
+"""Histogram bin `i` counts the HU value `i - HU_OFFSET`."""
+HU_BINS = 65536
+"""One bin per int16 HU value, so percentiles computed from histograms are exact."""
+SSIM_STRIPS = 4
+"""Horizontal strips an image is cut into for SSIM filtering: 4 strips x 4 moment maps = 16
+channels, one AVX-512 register of float32, which is what makes the depthwise convolution fast."""
+
+
+def hu_histogram(hu: tf.Tensor) -> tf.Tensor:
+    """Count of every int16 value in `hu` (any shape): int32 [65536], bin i = HU i - 32768."""
+    values = tf.reshape(tf.cast(hu, tf.int32) + HU_OFFSET, [-1])
+    return tf.math.bincount(values, minlength=HU_BINS, maxlength=HU_BINS, dtype=tf.int32)
+
+
+def squared_error_sum(sharp_hu: tf.Tensor, blurry_hu: tf.Tensor, window_hu: tuple[int, int]) -> tf.Tensor:
+    """Exact sum of squared differences (HU^2, int64) of two int16 [H, W] images clipped to `window_hu`."""
+    low, high = window_hu
+    sharp = tf.clip_by_value(tf.cast(sharp_hu, tf.int64), low, high)
+    blurry = tf.clip_by_value(tf.cast(blurry_hu, tf.int64), low, high)
+    difference = sharp - blurry
+    return tf.reduce_sum(difference * difference)
+
+
+def gaussian_window(size: int, sigma: float) -> np.ndarray:
+    """Normalised 1-D Gaussian of `size` taps (float32 [size]), standard deviation `sigma` pixels."""
+    offsets = np.arange(size, dtype=np.float64) - (size - 1) / 2
+    weights = np.exp(-(offsets**2) / (2.0 * sigma**2))
+    return (weights / weights.sum()).astype(np.float32)
+
+
+def ssim_hu(
+    sharp_hu: tf.Tensor,
+    blurry_hu: tf.Tensor,
+    window_hu: tuple[int, int],
+    filter_size: int = 11,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+) -> tf.Tensor:
+    """Mean SSIM (Wang et al. 2004) of two int16 [H, W] HU images, float64 scalar.
+
+    Both images are clipped to `window_hu` and data_range is its width. Local statistics use a
+    separable Gaussian window (`filter_size` taps, `sigma` pixels) without padding, and the mean
+    is taken over the valid region [H - filter_size + 1, W - filter_size + 1] (the convention of
+    `skimage.metrics.structural_similarity(gaussian_weights=True, use_sample_covariance=False)`
+    and `tf.image.ssim`). NaN if an image is smaller than the window.
+    """
+    low, high = window_hu
+    data_range = float(high - low)
+    x = tf.clip_by_value(tf.cast(sharp_hu, tf.float32), low, high) / data_range
+    y = tf.clip_by_value(tf.cast(blurry_hu, tf.float32), low, high) / data_range
+    moments = tf.stack([x, y, x * x + y * y, x * y], axis=-1)
+
+    margin = filter_size - 1
+    height, width = tf.shape(x)[0], tf.shape(x)[1]
+    valid_height, valid_width = height - margin, width - margin
+    rows = tf.maximum((valid_height + SSIM_STRIPS - 1) // SSIM_STRIPS, 1)
+    padded_width = tf.maximum(width, filter_size)
+    moments = tf.pad(moments, [[0, SSIM_STRIPS * rows + margin - height], [0, padded_width - width], [0, 0]])
+    strips = tf.signal.frame(moments, rows + margin, rows, axis=0)
+    channels = SSIM_STRIPS * 4
+    stacked = tf.reshape(tf.transpose(strips, [1, 2, 0, 3]), [1, rows + margin, padded_width, channels])
+
+    taps = gaussian_window(filter_size, sigma)
+    along_rows = tf.constant(np.tile(taps.reshape(filter_size, 1, 1, 1), (1, 1, channels, 1)))
+    along_cols = tf.constant(np.tile(taps.reshape(1, filter_size, 1, 1), (1, 1, channels, 1)))
+    local = tf.nn.depthwise_conv2d(stacked, along_rows, [1, 1, 1, 1], "VALID")
+    local = tf.nn.depthwise_conv2d(local, along_cols, [1, 1, 1, 1], "VALID")
+    local = tf.reshape(local[0], [rows, padded_width - margin, SSIM_STRIPS, 4])
+    mu_x, mu_y, mean_square_sum, mean_product = tf.unstack(local, axis=-1)
+
+    c1, c2 = k1 * k1, k2 * k2
+    mu_product = mu_x * mu_y
+    mu_square_sum = mu_x * mu_x + mu_y * mu_y
+    ssim_map = ((2.0 * mu_product + c1) * (2.0 * (mean_product - mu_product) + c2)) / (
+        (mu_square_sum + c1) * (mean_square_sum - mu_square_sum + c2)
+    )
+    output_row = tf.range(rows)[:, None] + rows * tf.range(SSIM_STRIPS)[None, :]
+    valid = (output_row[:, None, :] < valid_height) & (tf.range(padded_width - margin)[None, :, None] < valid_width)
+    total = tf.reduce_sum(tf.where(valid, tf.cast(ssim_map, tf.float64), 0.0))
+    pixels = tf.cast(tf.maximum(valid_height, 0) * tf.maximum(valid_width, 0), tf.float64)
+    return total / pixels
+
+
+def psf_extent_px(psf: tf.Tensor) -> tf.Tensor:
+    """Side (pixels, int32) of the bounding box of the non-zero entries of a [k, k] PSF.
+
+    The larger of its height and width; 0 for an all-zero PSF (registered pairs have no kernel).
+    """
+    support = psf > 0
+
+    def span(mask: tf.Tensor) -> tf.Tensor:
+        positions = tf.range(tf.size(mask, out_type=tf.int32))
+        first = tf.reduce_min(tf.where(mask, positions, tf.size(mask, out_type=tf.int32)))
+        last = tf.reduce_max(tf.where(mask, positions, -1))
+        return tf.maximum(last - first + 1, 0)
+
+    return tf.maximum(span(tf.reduce_any(support, axis=1)), span(tf.reduce_any(support, axis=0)))
+
+
+def psnr_db(squared_error_sums: np.ndarray, pixels: np.ndarray, data_range: float) -> np.ndarray:
+    """PSNR in dB (float64) from exact squared-error sums (HU^2) and pixel counts; inf where equal."""
+    sse = np.asarray(squared_error_sums, dtype=np.float64)
+    mse = sse / np.asarray(pixels, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        return 10.0 * np.log10(float(data_range) ** 2 / mse)
+
+
+def percentiles_from_histogram(histogram: np.ndarray, percentiles: Sequence[float]) -> np.ndarray:
+    """Percentiles (float64) of the HU values counted in a [65536] histogram.
+
+    Equal to `np.percentile(values, percentiles)` (linear interpolation) over the values
+    themselves; NaN for an empty histogram.
+    """
+    counts = np.asarray(histogram, dtype=np.int64)
+    total = int(counts.sum())
+    quantiles = np.asarray(percentiles, dtype=np.float64) / 100.0
+    if total == 0:
+        return np.full(quantiles.shape, np.nan)
+    cumulative = np.cumsum(counts)
+    position = (total - 1) * quantiles
+    below = np.floor(position)
+    gamma = position - below
+    below_index = below.astype(np.int64)
+    above_index = np.minimum(below_index + 1, total - 1)
+    below_value = (np.searchsorted(cumulative, below_index, side="right") - HU_OFFSET).astype(np.float64)
+    above_value = (np.searchsorted(cumulative, above_index, side="right") - HU_OFFSET).astype(np.float64)
+    difference = above_value - below_value
+    return np.where(gamma >= 0.5, above_value - difference * (1 - gamma), below_value + difference * gamma)
+
+
+def describe(values: np.ndarray) -> dict[str, float | int | None]:
+    """count, mean, std (population), min, median and max of the finite entries of `values`."""
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        return {"count": 0, "mean": None, "std": None, "min": None, "p50": None, "max": None}
+    return {
+        "count": int(finite.size),
+        "mean": float(finite.mean()),
+        "std": float(finite.std()),
+        "min": float(finite.min()),
+        "p50": float(np.median(finite)),
+        "max": float(finite.max()),
+    }
+
+
+def rebin_histogram(histogram: np.ndarray, range_hu: tuple[int, int], bin_hu: int) -> tuple[np.ndarray, np.ndarray]:
+    """A [65536] HU histogram as `bin_hu`-wide bins over `range_hu` (values outside go to the edge
+    bins); returns (counts int64 [n], edges HU float64 [n + 1])."""
+    low, high = range_hu
+    bins = math.ceil((high - low + 1) / bin_hu)
+    hu = np.arange(HU_BINS) - HU_OFFSET
+    index = np.clip((hu - low) // bin_hu, 0, bins - 1)
+    counts = np.bincount(index, weights=np.asarray(histogram, dtype=np.float64), minlength=bins).astype(np.int64)
+    edges = low + bin_hu * np.arange(bins + 1, dtype=np.float64)
+    return counts, edges

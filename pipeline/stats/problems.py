@@ -1,0 +1,55 @@
+"""`Problem`: one thing wrong with a dataset, as reported in the terminal and in the JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+CORRUPT_RECORD = "corrupt_record"
+"""TFRecord framing or CRC broken; the rest of that shard cannot be read."""
+UNDECODABLE_RECORD = "undecodable_record"
+"""A framed record that is not a valid pair (not a tf.train.Example, missing feature, bad size)."""
+SCHEMA_VERSION = "schema_version"
+"""A record or the manifest written with a schema version this reader does not know."""
+MISPLACED_RECORDS = "misplaced_records"
+"""Records whose `split`/`subdataset` fields disagree with the directory they are in."""
+SHARD_SET = "shard_set"
+"""Shard files of a split directory that do not form one complete pairs-i-of-n set."""
+MANIFEST = "manifest"
+"""manifest.json missing, unreadable, of another schema, or listing other shard files."""
+COUNT_MISMATCH = "count_mismatch"
+"""A count on disk (pairs, patients, series) differs from the one manifest.json states."""
+PATIENT_LEAKAGE = "patient_leakage"
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """What is wrong (`kind`, `message` with what to do) and where (`file` relative to the dataset
+    root, 0-based `record_index`, `split` directory); `patient_keys` for leakage."""
+
+    kind: str
+    message: str
+    file: str | None = None
+    record_index: int | None = None
+    split: str | None = None
+    patient_keys: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object of this problem (unset locations left out)."""
+        result: dict[str, Any] = {"kind": self.kind, "message": self.message}
+        if self.file is not None:
+            result["file"] = self.file
+        if self.record_index is not None:
+            result["record_index"] = self.record_index
+        if self.split is not None:
+            result["split"] = self.split
+        if self.patient_keys:
+            result["patient_keys"] = list(self.patient_keys)
+        return result
+
+    def line(self) -> str:
+        """One terminal line: `kind file[record i]: message`."""
+        where = self.file or self.split or ""
+        if self.record_index is not None:
+            where += f" record {self.record_index}"
+        return f"{self.kind:<18} {where + ': ' if where else ''}{self.message}"

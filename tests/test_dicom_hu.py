@@ -1,0 +1,96 @@
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+
+from pipeline.dicom_hu import AIR_HU, SliceRejected, read_slice_hu, scan_slice
+from pipeline.phantom import PADDING_STORED, phantom_dataset, phantom_series
+from tests.conftest import dicom_bytes
+
+
+def test_ct_small_hu_matches_stored_pixels_and_rescale(ct_small_path):
+    dataset = pydicom.dcmread(ct_small_path)
+    stored = dataset.pixel_array.astype(np.float64)
+    expected = stored * float(dataset.RescaleSlope) + float(dataset.RescaleIntercept)
+    hu = read_slice_hu(open(ct_small_path, "rb").read(), ct_small_path)
+    assert hu.shape == (128, 128) and hu.dtype == np.float32
+    valid = expected >= -1024
+    np.testing.assert_allclose(hu[valid], expected[valid])
+    assert float(dataset.RescaleIntercept) == -1024 and hu.max() == pytest.approx(2191 - 1024)
+    header = scan_slice(open(ct_small_path, "rb").read(), ct_small_path, -500.0)
+    assert header.rows == 128 and header.pixel_spacing_mm == pytest.approx((0.661468, 0.661468))
+    assert header.series_uid == str(dataset.SeriesInstanceUID)
+    assert 0.1 < header.body_fraction < 1.0
+
+
+def test_padding_and_out_of_field_values_become_air():
+    series = phantom_series(1, 4, 64, seed=0)
+    dataset = phantom_dataset(series, 2)
+    stored = np.frombuffer(dataset.PixelData, dtype="<i2").reshape(64, 64)
+    hu = read_slice_hu(dicom_bytes(dataset), "x.dcm")
+    assert (stored == PADDING_STORED).any()
+    assert np.all(hu[stored == PADDING_STORED] == AIR_HU)
+    assert hu.min() >= -1024
+    inside = stored != PADDING_STORED
+    np.testing.assert_allclose(hu[inside & (stored - 1024 >= -1024)], (stored - 1024)[inside & (stored - 1024 >= -1024)])
+
+
+def test_phantom_series_is_real_dicom_that_simpleitk_reads(tmp_path):
+    series = phantom_series(1, 5, 128, seed=3)
+    for index in range(series.slices):
+        (tmp_path / f"{index}.dcm").write_bytes(dicom_bytes(phantom_dataset(series, index)))
+    reader = sitk.ImageSeriesReader()
+    names = reader.GetGDCMSeriesFileNames(str(tmp_path))
+    reader.SetFileNames(names)
+    volume = reader.Execute()
+    assert volume.GetSize() == (128, 128, 5)
+    assert volume.GetSpacing() == pytest.approx((series.pixel_spacing_mm, series.pixel_spacing_mm, 3.0), rel=1e-4)
+    hu = sitk.GetArrayFromImage(volume)
+    first = pydicom.dcmread(tmp_path / "0.dcm")
+    assert first.SOPClassUID == pydicom.uid.CTImageStorage and first.PixelRepresentation == 1
+    assert pydicom.uid.UID(first.SeriesInstanceUID).is_valid
+    assert first.SeriesInstanceUID == pydicom.dcmread(tmp_path / "4.dcm").SeriesInstanceUID
+    assert first.SOPInstanceUID != pydicom.dcmread(tmp_path / "4.dcm").SOPInstanceUID
+
+
+def test_phantom_tissues_have_realistic_hu():
+    thorax = phantom_series(1, 20, 256, seed=0)
+    dataset = phantom_dataset(thorax, 10)
+    hu = read_slice_hu(dicom_bytes(dataset), "t.dcm")
+    assert np.percentile(hu, 1) <= -950            # outside air
+    assert np.mean((hu > -920) & (hu < -750)) > 0.03  # lungs
+    assert np.mean(hu > 500) > 0.002                # bone
+    soft = hu[(hu > -150) & (hu < 150)]
+    assert soft.size > 0.1 * hu.size
+    head = read_slice_hu(dicom_bytes(phantom_dataset(phantom_series(0, 20, 256, seed=0), 10)), "h.dcm")
+    brain = head[(head > 0) & (head < 80)]
+    assert 20 < np.median(brain) < 50
+    assert np.mean(head > 900) > 0.01  # skull
+
+
+@pytest.mark.parametrize(
+    "mutate, reason",
+    [
+        (lambda ds: setattr(ds, "Modality", "MR"), "non_ct_modality"),
+        (lambda ds: delattr(ds, "PixelData"), "missing_pixel_data"),
+        (lambda ds: delattr(ds, "RescaleIntercept"), "missing_rescale"),
+        (lambda ds: setattr(ds, "ImageOrientationPatient", [0, 1, 0, 0, 0, -1]), "non_axial_orientation"),
+        (lambda ds: setattr(ds, "NumberOfFrames", 3), "unsupported_multiframe"),
+    ],
+)
+def test_bad_slices_are_rejected_with_reason(mutate, reason):
+    dataset = phantom_dataset(phantom_series(2, 3, 64, seed=0), 1)
+    mutate(dataset)
+    with pytest.raises(SliceRejected) as error:
+        scan_slice(dicom_bytes(dataset), "bad.dcm", -500.0)
+    assert error.value.reason == reason
+    assert "bad.dcm" in error.value.detail
+
+
+def test_empty_text_and_truncated_files_are_rejected():
+    good = dicom_bytes(phantom_dataset(phantom_series(2, 3, 64, seed=0), 1))
+    cases = {b"": "empty_file", b"patient,notes\n1,hello\n" * 5: "not_dicom", good[: len(good) // 2]: "truncated_file"}
+    for data, reason in cases.items():
+        with pytest.raises(SliceRejected) as error:
+            scan_slice(data, "f", -500.0)
+        assert error.value.reason == reason
