@@ -51,8 +51,8 @@ def gradient_penalty(
     mixed = interpolate(real, fake, weight)
     with tf.GradientTape() as tape:
         tape.watch(mixed)
-        scores = image_scores(critic(mixed))
-    grads = tf.cast(tape.gradient(tf.reduce_sum(scores), mixed), tf.float32)
+        total_score = tf.reduce_sum(image_scores(critic(mixed)))
+    grads = tf.cast(tape.gradient(total_score, mixed), tf.float32)
     norms = tf.sqrt(tf.reduce_sum(tf.square(tf.reshape(grads, [tf.shape(grads)[0], -1])), axis=1) + 1e-12)
     return tf.reduce_mean(tf.square(norms - 1.0))
 

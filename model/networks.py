@@ -71,6 +71,28 @@ class CropLike(keras.layers.Layer):
         return (x_shape[0], reference_shape[1], reference_shape[2], x_shape[3])
 
 
+class LeakyReLU(keras.layers.Layer):
+    """max(x, slope * x) for 0 <= slope < 1.
+
+    Written as a maximum rather than `tf.nn.leaky_relu` so that TensorFlow's graph remapper does
+    not fuse it into the preceding conv: that fusion fails on the gradient-of-gradient of the
+    WGAN-GP penalty, and the failed pass would leave the whole train step unoptimised.
+    """
+
+    def __init__(self, slope: float = 0.2, **kwargs):
+        super().__init__(**kwargs)
+        self.slope = slope
+
+    def call(self, x):
+        return tf.maximum(x, self.slope * x)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "slope": self.slope}
+
+
 class GlobalSkip(keras.layers.Layer):
     """output = clip(input + residual, -1, 1): the generator learns the correction only."""
 
@@ -146,7 +168,7 @@ def build_patchgan_critic(filters: int = 64, blocks: int = 4, name: str = "criti
         x = keras.layers.Conv2D(filters * min(2**i, 8), 4, strides=stride, padding="same", name=f"block{i}_conv")(x)
         if i > 0:
             x = keras.layers.BatchNormalization(name=f"block{i}_norm")(x)
-        x = keras.layers.LeakyReLU(negative_slope=0.2, name=f"block{i}_lrelu")(x)
+        x = LeakyReLU(0.2, name=f"block{i}_lrelu")(x)
     scores = keras.layers.Conv2D(1, 4, padding="same", dtype="float32", name="scores")(x)
     return keras.Model(image, scores, name=name)
 

@@ -43,7 +43,8 @@ from model.export import SIGNATURE_NAME, export_generator
 from model.gan import DeblurWGAN
 from model.metrics import display, psnr_hu, ssim_hu
 from model.networks import build_critic, build_generator
-from model.perceptual import RANDOM_INIT, PerceptualWeightsError, WeightsSource, feature_extractor, load_vgg19
+from model.perceptual import RANDOM_INIT, PerceptualWeightsError, feature_extractor, load_vgg19
+from tfrecords_schema import SchemaVersionError
 
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_NAME = "train_config.yaml"
@@ -418,8 +419,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = config_from_args(args)
+    except ValueError as error:
+        print(f"ctdeblur-train: error: invalid settings: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    try:
         return run(config, args.data, args.logdir, args.export)
-    except (ValueError, DatasetError, PerceptualWeightsError, StrategyError, ResumeError) as error:
+    except (DatasetError, SchemaVersionError, PerceptualWeightsError, StrategyError, ResumeError) as error:
         print(f"ctdeblur-train: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
     except tf.errors.DataLossError as error:

@@ -132,15 +132,16 @@ def path_length_px(trajectory: np.ndarray, exposure: float, scale: float) -> flo
 def blur_hu(hu: np.ndarray, psf: np.ndarray) -> np.ndarray:
     """Convolves an image [H, W] (HU) with an odd-sized PSF [k, k]; float32 [H, W] out.
 
-    Borders are extended by reflection (no dark frame from zero padding); convolution by FFT.
+    Borders are extended by reflection (no dark frame from zero padding); convolution by FFT in
+    float32 (error ~1e-4 HU, far below the int16 rounding of stored pairs, twice as fast as float64).
     """
     if hu.ndim != 2:
         raise ValueError(f"hu must be [H, W], got shape {hu.shape}")
     if psf.ndim != 2 or psf.shape[0] != psf.shape[1] or psf.shape[0] % 2 == 0:
         raise ValueError(f"psf must be odd-sized square [k, k], got shape {psf.shape}")
     radius = psf.shape[0] // 2
-    padded = np.pad(hu.astype(np.float64), radius, mode="reflect")
-    return signal.fftconvolve(padded, psf.astype(np.float64), mode="valid").astype(np.float32)
+    padded = np.pad(hu.astype(np.float32), radius, mode="reflect")
+    return signal.fftconvolve(padded, psf.astype(np.float32), mode="valid").astype(np.float32)
 
 
 def add_noise(

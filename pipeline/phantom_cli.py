@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import sys
 
-from pipeline.phantom import BODY_SITES, phantom_dataset, phantom_series, slice_file_name
+from pipeline.phantom import BODY_SITES, phantom_series
+from pipeline.sources import write_phantom_series
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,15 +26,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("need --patients >= 1, --slices >= 1 and --size >= 32")
     for patient in range(args.patients):
         series = phantom_series(patient, args.slices, args.size, args.seed)
-        for index in range(args.slices):
-            path = os.path.join(args.output, slice_file_name(series, index))
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            buffer = io.BytesIO()
-            phantom_dataset(series, index).save_as(buffer, enforce_file_format=True)
-            with open(path, "wb") as handle:
-                handle.write(buffer.getvalue())
-        print(f"{series.patient_id} ({series.body_site}): {args.slices} slices in "
-              f"{os.path.join(args.output, os.path.dirname(slice_file_name(series, 0)))}")
+        paths = write_phantom_series(series, args.output)
+        print(f"{series.patient_id} ({series.body_site}): {len(paths)} slices in {os.path.dirname(paths[0])}")
     return 0
 
 

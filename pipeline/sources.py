@@ -16,7 +16,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.config import PipelineConfig
-from pipeline.phantom import phantom_dataset, phantom_series, slice_file_name
+from pipeline.phantom import PhantomSeries, phantom_dataset, phantom_series, slice_file_name
 from pipeline.planning import InputFile
 
 SOURCES = ("phantom", "pydicom-samples", "dicom-dir")
@@ -47,17 +47,22 @@ def pydicom_test_files_dir() -> str:
     return os.path.join(os.path.dirname(pydicom.__file__), "data", "test_files")
 
 
-def write_phantom_patient(patient_index: int, config: PipelineConfig, phantom_dir: str) -> list[InputFile]:
-    """Writes one phantom patient's series as DICOM files under `phantom_dir`; returns them."""
-    series = phantom_series(patient_index, config.phantom.slices, config.phantom.size, config.seed)
-    files = []
+def write_phantom_series(series: PhantomSeries, phantom_dir: str) -> list[str]:
+    """Writes a phantom series as DICOM files under `phantom_dir` (local or gs://); returns paths."""
+    paths = []
     for slice_index in range(series.slices):
         buffer = io.BytesIO()
         phantom_dataset(series, slice_index).save_as(buffer, enforce_file_format=True)
         path = FileSystems.join(phantom_dir, slice_file_name(series, slice_index))
         write_bytes(path, buffer.getvalue())
-        files.append(InputFile(path, PHANTOM_COLLECTION))
-    return files
+        paths.append(path)
+    return paths
+
+
+def write_phantom_patient(patient_index: int, config: PipelineConfig, phantom_dir: str) -> list[InputFile]:
+    """Writes phantom patient `patient_index` of the config; returns its files."""
+    series = phantom_series(patient_index, config.phantom.slices, config.phantom.size, config.seed)
+    return [InputFile(path, PHANTOM_COLLECTION) for path in write_phantom_series(series, phantom_dir)]
 
 
 def list_dicom_dir(root: str) -> str:

@@ -1,0 +1,83 @@
+"""Helpers shared by the model and trainer tests: tiny synthetic datasets on disk (no tests here).
+
+Datasets are written with the schema's own `encode_pair` + `write_records`, in the layout the
+pipeline writes (manifest.json, test/, train-K/), so the trainer is tested independently of the
+pipeline code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+from scipy import ndimage
+
+from tfrecords_schema import MOTION_PARAM_NAMES, Pair, encode_pair, shard_name, split_dir, write_records
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_BIN = os.path.join(os.path.dirname(sys.executable), "ctdeblur-train")
+
+
+def phantom_pair(rng: np.random.Generator, size: tuple[int, int], split: str, subdataset: int, index: int) -> Pair:
+    """An ellipse phantom (air, soft tissue, bone HU) and its horizontally motion-blurred copy."""
+    h, w = size
+    yy, xx = np.mgrid[:h, :w]
+    sharp = np.full(size, -1000.0)
+    body = ((yy - h / 2) / (0.42 * h)) ** 2 + ((xx - w / 2) / (0.45 * w)) ** 2 < 1
+    sharp[body] = 40.0
+    for _ in range(4):
+        cy, cx, r = rng.uniform(0.3 * h, 0.7 * h), rng.uniform(0.3 * w, 0.7 * w), rng.uniform(0.03, 0.1) * min(h, w)
+        sharp[(yy - cy) ** 2 + (xx - cx) ** 2 < r**2] = rng.choice([-800.0, 300.0, 1200.0])
+    length = int(rng.integers(3, 8))
+    psf = np.zeros((length, length), np.float32)
+    psf[length // 2, :] = 1.0 / length
+    blurry = ndimage.convolve(sharp, psf, mode="reflect")
+    return Pair(
+        sharp_hu=sharp.astype(np.int16), blurry_hu=np.round(blurry).astype(np.int16), psf=psf,
+        record_key=f"{split}-{subdataset}-{index}", pixel_spacing_mm=(0.7, 0.7), slice_thickness_mm=1.0,
+        slice_position_mm=float(index), collection="test-phantom", patient_key=f"p{index % 3}", patient_id="",
+        series_uid=f"1.2.3.{subdataset}", sop_instance_uid=f"1.2.3.{subdataset}.{index}", slice_index=index,
+        kernel_index=0, source_kind="synthetic", split=split, subdataset=subdataset,
+        motion={name: 1.0 for name in MOTION_PARAM_NAMES},
+    )
+
+
+def write_dataset(root: str, *, train_pairs: int = 8, test_pairs: int = 2, size=(40, 44), subdatasets: int = 7,
+                  shards: int = 2, seed: int = 0, manifest: bool = True) -> str:
+    """Writes a dataset directory; returns `root`."""
+    rng = np.random.default_rng(seed)
+    splits = {"test": ("test", -1, test_pairs)}
+    splits.update({f"train-{k}": ("train", k, train_pairs) for k in range(subdatasets)})
+    info = {}
+    for name, (split, subdataset, count) in splits.items():
+        os.makedirs(os.path.join(root, split_dir(split, subdataset)), exist_ok=True)
+        records = [encode_pair(phantom_pair(rng, size, split, subdataset, i)) for i in range(count)]
+        shard_info = []
+        for s in range(shards):
+            path = os.path.join(split_dir(split, subdataset), shard_name(s, shards))
+            part = records[s::shards]
+            with open(os.path.join(root, path), "wb") as handle:
+                write_records(handle, part)
+            shard_info.append({"file": path, "pairs": len(part)})
+        info[name] = {"pairs": count, "patients": 3, "series": 1, "shards": shard_info}
+    if manifest:
+        with open(os.path.join(root, "manifest.json"), "w") as handle:
+            json.dump({"schema_version": 1, "compression": "none", "config": {}, "splits": info}, handle)
+    return root
+
+
+def run_train(args: list[str], env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    """Runs `ctdeblur-train ARGS` in a subprocess; returns the completed process (text output)."""
+    return subprocess.run([TRAIN_BIN, *args], capture_output=True, text=True, timeout=timeout,
+                          env=train_env(env), cwd=REPO)
+
+
+def train_env(extra: dict | None = None) -> dict:
+    """Environment of trainer subprocesses: quiet TensorFlow, one thread pool, no network."""
+    env = dict(os.environ)
+    env.update({"TF_CPP_MIN_LOG_LEVEL": "2", "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"})
+    env.update(extra or {})
+    return env
