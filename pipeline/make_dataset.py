@@ -94,27 +94,35 @@ def prepare_output(output: str, overwrite: bool) -> None:
 
 
 class _ShardProgress(threading.Thread):
-    """Shows finished shard files while the pipeline runs (the plan's total appears in the bar)."""
+    """Reports finished shard files while the pipeline runs: a bar on a terminal, else a line
+    whenever the count changed and 15 s passed."""
 
     def __init__(self, output: str):
         super().__init__(daemon=True)
         self.output = output
         self.done = threading.Event()
 
+    def _count(self) -> int | None:
+        try:
+            return len(FileSystems.match([FileSystems.join(self.output, "*", "pairs-*")])[0].metadata_list)
+        except Exception:  # the split directories do not exist yet
+            return None
+
     def run(self) -> None:
         from tqdm import tqdm
 
-        interactive = sys.stderr.isatty()
-        with tqdm(desc="shards written", unit="shard", file=sys.stderr, mininterval=1 if interactive else 15,
-                  disable=None if interactive else False) as bar:
-            finished = False
-            while not finished:
-                finished = self.done.wait(2.0)
-                try:
-                    found = FileSystems.match([FileSystems.join(self.output, "*", "pairs-*")])[0].metadata_list
-                except Exception:  # the directory may not exist yet
-                    continue
-                bar.update(len(found) - bar.n)
+        if sys.stderr.isatty():
+            with tqdm(desc="shards written", unit="shard", file=sys.stderr) as bar:
+                while not self.done.wait(1.0):
+                    bar.update((self._count() or 0) - bar.n)
+                bar.update((self._count() or 0) - bar.n)
+            return
+        reported, last = 0, time.monotonic()
+        while not self.done.wait(1.0):
+            count = self._count() or 0
+            if count != reported and time.monotonic() - last >= 15:
+                print(f"ctdeblur-make-dataset: {count} shard files written so far", file=sys.stderr, flush=True)
+                reported, last = count, time.monotonic()
 
 
 def _counters(result) -> dict[str, int]:
@@ -181,6 +189,16 @@ def print_summary(manifest: dict, output: str, stream=sys.stdout) -> None:
     write(f"  manifest: {FileSystems.join(output, MANIFEST_NAME)}   ({manifest['run_seconds']} s)")
 
 
+def build_pipeline(config: PipelineConfig, sources: list[str], input_path: str | None, output: str,
+                   phantom_dir: str, options: PipelineOptions) -> beam.Pipeline:
+    """The dataset pipeline graph, not yet run (any runner: Direct, Dataflow, ...)."""
+    pipeline = beam.Pipeline(options=options)
+    inputs = [pipeline | f"Read_{source}" >> ReadSource(source, config, input_path, phantom_dir) for source in sources]
+    files = inputs | "AllInputs" >> beam.Flatten()
+    _ = files | "MakeDataset" >> MakeDataset(config, output, FileSystems.join(output, SUMMARY_NAME))
+    return pipeline
+
+
 def run(argv: list[str] | None = None, save_main_session: bool = True) -> dict:
     """Builds and runs the pipeline; returns the manifest (also written to OUTPUT/manifest.json)."""
     parser = build_parser()
@@ -206,10 +224,7 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> dict:
     started = time.monotonic()
     progress.start()
     try:
-        pipeline = beam.Pipeline(options=options)
-        inputs = [pipeline | f"Read_{source}" >> ReadSource(source, config, args.input, phantom_dir) for source in sources]
-        files = inputs | "AllInputs" >> beam.Flatten()
-        _ = files | "MakeDataset" >> MakeDataset(config, output, summary_path)
+        pipeline = build_pipeline(config, sources, args.input, output, phantom_dir, options)
         result = pipeline.run()
         result.wait_until_finish()
     finally:
