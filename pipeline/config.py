@@ -14,6 +14,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from pipeline.projection import ProjectionConfig
+
 
 def _field(default: Any, help: str, **kwargs: Any) -> Any:
     return dataclasses.field(default=default, metadata={"help": help, **kwargs})
@@ -71,7 +73,10 @@ class PipelineConfig:
     noise_sigma_hu: float = _field(0.0, "std of additive Gaussian noise on the blurry image (HU); 0 = off")
     noise_poisson_counts_per_hu: float = _field(0.0, "signal-dependent Poisson noise on the blurry image, counts per HU above -1024; 0 = off")
     collection: str = _field("local", "collection name recorded for --source dicom-dir inputs")
+    blur_model: str = _field("kernel", "kernel: image-space motion PSF (the paper's); projection: rigid patient motion "
+                             "during the scan, forward-projected and reconstructed by FBP", choices=("kernel", "projection"))
     motion: MotionConfig = dataclasses.field(default_factory=MotionConfig)
+    projection: ProjectionConfig = dataclasses.field(default_factory=ProjectionConfig)
     phantom: PhantomConfig = dataclasses.field(default_factory=PhantomConfig)
 
     @property
@@ -102,9 +107,12 @@ class PipelineConfig:
             raise ValueError(f"compression must be none or gzip, got {self.compression!r}")
         if self.noise_sigma_hu < 0 or self.noise_poisson_counts_per_hu < 0:
             raise ValueError("noise settings must be >= 0")
+        if self.blur_model not in ("kernel", "projection"):
+            raise ValueError(f"blur_model must be kernel or projection, got {self.blur_model!r}")
         if self.phantom.patients < 1 or self.phantom.slices < 1 or self.phantom.size < 32:
             raise ValueError(f"phantom needs >= 1 patient, >= 1 slice and size >= 32, got {self.phantom}")
         self.motion.validate()
+        self.projection.validate()
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -125,6 +133,7 @@ PRESETS: Mapping[str, Mapping[str, Any]] = {
         "pairs_per_shard": 4,
         "phantom": {"patients": 4, "slices": 8, "size": 96},
         "motion": {"samples": 200, "length_px_min": 4.0, "length_px_max": 16.0, "psf_max_size": 17},
+        "projection": {"views": 90},
     },
 }
 """Named settings: `paper` (the reference paper's 14,329 pairs), `demo` (minutes on a laptop),
@@ -186,7 +195,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         if hint is bool:
             group.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif typing.get_origin(hint) is tuple:
-            group.add_argument(f"--{flag}", type=float, nargs="+", default=None, help=help_text)
+            item = typing.get_args(hint)[0]
+            group.add_argument(f"--{flag}", type=item, nargs="+", default=None, help=help_text)
         else:
             group.add_argument(f"--{flag}", type=hint, default=None, choices=f.metadata.get("choices"), help=help_text)
 

@@ -1,4 +1,4 @@
-"""One slice in HU + its task -> one encoded blur-sharp pair (kernel, blur, noise, record)."""
+"""One slice in HU + its task -> one encoded blur-sharp pair (blur model, noise, record)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ from pipeline.config import PipelineConfig
 from pipeline.hashing import derive_rng, patient_key
 from pipeline.kernels import add_noise, blur_hu, motion_psf, motion_trajectory, path_length_px, sample_motion_params
 from pipeline.planning import PairTask
-from tfrecords_schema import Pair, encode_pair
+from pipeline.projection import projection_pair, sample_rigid_motion
+from tfrecords_schema import MOTION_PARAM_NAMES, Pair, encode_pair
 
 INT16_MIN, INT16_MAX = -32768, 32767
+NO_PSF = np.zeros((1, 1), np.float32)
+"""The `psf` of pairs not blurred by a kernel."""
 
 
 def to_int16_hu(hu: np.ndarray) -> np.ndarray:
@@ -19,25 +22,53 @@ def to_int16_hu(hu: np.ndarray) -> np.ndarray:
 
 
 def kernel_rng(config: PipelineConfig, series_uid: str, slice_index: int, kernel_index: int) -> np.random.Generator:
-    """The generator of one pair's kernel and noise: seeded by (run seed, series uid, slice, kernel)."""
+    """The generator of one pair's blur and noise: seeded by (run seed, series uid, slice, kernel)."""
     return derive_rng(config.seed, "kernel", series_uid, slice_index, kernel_index)
 
 
-def make_pair(task: PairTask, hu: np.ndarray, config: PipelineConfig) -> Pair:
-    """Blurs `hu` (float32 [H, W], HU) with the task's random motion kernel."""
-    header = task.header
-    rng = kernel_rng(config, header.series_uid, task.slice_index, task.kernel_index)
+def _kernel_blur(sharp: np.ndarray, rng: np.random.Generator, config: PipelineConfig) -> dict:
     params = sample_motion_params(rng, config.motion)
     trajectory = motion_trajectory(params)
     psf, scale = motion_psf(trajectory, params.exposure, config.motion.psf_max_size)
+    motion = {
+        "length_px": path_length_px(trajectory, params.exposure, scale),
+        "anxiety": params.anxiety,
+        "centripetal": params.centripetal,
+        "jump_probability": params.jump_probability,
+        "gaussian_shake": params.gaussian_shake,
+        "exposure": params.exposure,
+        "scale": scale,
+    }
+    return {"sharp_hu": sharp, "blurry": blur_hu(sharp.astype(np.float32), psf), "psf": psf, "motion": motion}
+
+
+def _projection_blur(sharp: np.ndarray, spacing_mm: tuple[float, float], rng: np.random.Generator,
+                     config: PipelineConfig) -> dict:
+    motion = sample_rigid_motion(rng, config.projection)
+    target, blurry = projection_pair(sharp.astype(np.float32), spacing_mm, motion, config.projection)
+    return {"sharp_hu": to_int16_hu(target), "blurry": blurry, "psf": NO_PSF,
+            "motion": dict.fromkeys(MOTION_PARAM_NAMES, 0.0),
+            "blur_model": "projection", "projection_kind": motion.kind, "projection": motion.as_record()}
+
+
+def make_pair(task: PairTask, hu: np.ndarray, config: PipelineConfig) -> Pair:
+    """Blurs `hu` (float32 [H, W], HU) with the task's random motion (kernel or projection model).
+
+    With `projection`, the sharp target is the static reconstruction through the same projector and
+    FBP, so the pair differs only by the motion.
+    """
+    header = task.header
+    rng = kernel_rng(config, header.series_uid, task.slice_index, task.kernel_index)
     sharp = to_int16_hu(hu)
-    blurry = blur_hu(sharp.astype(np.float32), psf)
+    if config.blur_model == "projection":
+        blurred = _projection_blur(sharp, header.pixel_spacing_mm, rng, config)
+    else:
+        blurred = _kernel_blur(sharp, rng, config)
+    blurry = blurred.pop("blurry")
     if config.noise_sigma_hu or config.noise_poisson_counts_per_hu:
         blurry = add_noise(blurry, rng, config.noise_sigma_hu, config.noise_poisson_counts_per_hu)
     return Pair(
-        sharp_hu=sharp,
         blurry_hu=to_int16_hu(blurry),
-        psf=psf,
         record_key=task.record_key,
         pixel_spacing_mm=header.pixel_spacing_mm,
         slice_thickness_mm=header.slice_thickness_mm,
@@ -52,16 +83,8 @@ def make_pair(task: PairTask, hu: np.ndarray, config: PipelineConfig) -> Pair:
         source_kind=task.source_kind,
         split=task.split,
         subdataset=task.subdataset,
-        motion={
-            "length_px": path_length_px(trajectory, params.exposure, scale),
-            "anxiety": params.anxiety,
-            "centripetal": params.centripetal,
-            "jump_probability": params.jump_probability,
-            "gaussian_shake": params.gaussian_shake,
-            "exposure": params.exposure,
-            "scale": scale,
-        },
         noise_sigma_hu=config.noise_sigma_hu,
+        **blurred,
     )
 
 

@@ -162,3 +162,18 @@ def test_cli_reports_user_errors_without_traceback(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["--preset", "tiny", "--test_pairs", "5000", "--output", str(tmp_path / "z")]) == 2
     assert "test_pairs" in capsys.readouterr().err
+
+
+def test_projection_blur_model_end_to_end(tmp_path):
+    output = str(tmp_path / "proj")
+    manifest = run(TINY + ["--source", "phantom", "--blur_model", "projection", "--output", output])
+    assert manifest["config"]["blur_model"] == "projection" and manifest["written"]["pairs"] == 24
+    pairs = [p for split in manifest["splits"] for p in read_split(output, split)]
+    assert {p.blur_model for p in pairs} == {"projection"} and all(p.schema_version == 2 for p in pairs)
+    assert all(p.psf.shape == (1, 1) for p in pairs)
+    assert {p.projection_kind for p in pairs} <= {"smooth", "breathing", "jerk"}
+    moved = [p for p in pairs if p.projection["translation_extent_mm"] > 0.5]
+    assert moved and all(np.abs(p.blurry_hu.astype(int) - p.sharp_hu).max() > 20 for p in moved)
+    again = str(tmp_path / "proj2")
+    run(TINY + ["--source", "phantom", "--blur_model", "projection", "--output", again])
+    assert shard_bytes(again) == shard_bytes(output)

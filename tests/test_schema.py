@@ -115,3 +115,34 @@ def test_layout_names():
     assert schema.shard_name(3, 12) == "pairs-00003-of-00012.tfrecord"
     assert schema.shard_name(0, 1, "gzip").endswith(".tfrecord.gz")
     assert schema.split_dir("test", -1) == "test" and schema.split_dir("train", 6) == "train-6"
+
+
+def version_1_record(pair: schema.Pair) -> bytes:
+    """A record as schema version 1 wrote it: no blur_model, no projection parameters."""
+    example = tf.train.Example.FromString(schema.encode_pair(pair))
+    features = example.features.feature
+    for name in list(features):
+        if name.startswith("projection/") or name in ("blur_model", "projection_kind"):
+            del features[name]
+    features["schema_version"].int64_list.value[:] = [1]
+    return example.SerializeToString(deterministic=True)
+
+
+def test_version_1_records_still_decode_as_kernel_pairs(tmp_path):
+    old = version_1_record(make_pair(seed=5))
+    decoded = schema.decode_pair(old)
+    assert decoded.schema_version == 1 and decoded.blur_model == "kernel"
+    assert decoded.projection == {name: 0.0 for name in schema.PROJECTION_PARAM_NAMES}
+    np.testing.assert_array_equal(decoded.sharp_hu, make_pair(seed=5).sharp_hu)
+    (tensors,) = list(tf.data.Dataset.from_tensors(old).map(schema.parse_pair_tensors))
+    assert tensors["blur_model"].numpy() == b"kernel" and float(tensors["projection/dx_mm"]) == 0.0
+
+
+def test_projection_parameters_round_trip():
+    motion = {name: float(i) for i, name in enumerate(schema.PROJECTION_PARAM_NAMES)}
+    pair = make_pair(blur_model="projection", projection_kind="jerk", projection=motion)
+    decoded = schema.decode_pair(schema.encode_pair(pair))
+    assert decoded.blur_model == "projection" and decoded.projection_kind == "jerk"
+    assert decoded.projection == pytest.approx(motion)
+    with pytest.raises(ValueError, match="blur_model"):
+        schema.encode_pair(make_pair(blur_model="wobble"))

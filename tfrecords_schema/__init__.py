@@ -15,8 +15,11 @@ from tfrecords_schema.layout import (
     train_dir,
 )
 from tfrecords_schema.pair import (
+    BLUR_MODELS,
     FEATURE_SPEC,
     MOTION_PARAM_NAMES,
+    PROJECTION_PARAM_NAMES,
+    READABLE_VERSIONS,
     SCHEMA_VERSION,
     SOURCE_KINDS,
     SPLITS,
@@ -31,11 +34,14 @@ from tfrecords_schema.pair import (
 from tfrecords_schema.tfrecord import TFRecordCorruptionError, frame_record, read_records, write_records
 
 __all__ = [
+    "BLUR_MODELS",
     "COMPRESSIONS",
     "DEAD_LETTER_NAME",
     "FEATURE_SPEC",
     "MANIFEST_NAME",
     "MOTION_PARAM_NAMES",
+    "PROJECTION_PARAM_NAMES",
+    "READABLE_VERSIONS",
     "SCHEMA_VERSION",
     "SOURCE_KINDS",
     "SPLITS",

@@ -13,8 +13,18 @@ from typing import Mapping
 import numpy as np
 import tensorflow as tf
 
-SCHEMA_VERSION = 1
-"""Version of the record layout. Bump it when a feature is added, removed or changes meaning."""
+SCHEMA_VERSION = 2
+"""Version of the record layout. Bump it when a feature is added, removed or changes meaning.
+
+1: images, PSF, kernel parameters, provenance, split.
+2: adds `blur_model` and the projection-domain motion parameters (`projection/*`). Version 1
+   records still decode: their blur model is "kernel" and their projection parameters are 0.
+"""
+READABLE_VERSIONS = (1, 2)
+
+BLUR_MODELS = ("kernel", "projection", "none")
+"""kernel: image-space motion PSF (Boracchi-Foi); projection: rigid motion during the CT scan,
+forward-projected and reconstructed by FBP; none: a registered real pair without simulated blur."""
 
 SOURCE_KINDS = ("synthetic", "registered")
 """`synthetic`: blurry made from sharp by a simulated PSF; `registered`: a real FB/DIBH pair."""
@@ -38,6 +48,26 @@ jump_probability: chance of an impulsive direction change per step; gaussian_sha
 Gaussian velocity perturbation; exposure: fraction of the trajectory integrated (0..1];
 scale: factor applied so the PSF fits its size limit (1 = unscaled).
 """
+
+
+PROJECTION_PARAM_NAMES = (
+    "dx_mm",
+    "dy_mm",
+    "rotation_deg",
+    "dx2_mm",
+    "dy2_mm",
+    "rotation2_deg",
+    "breathing_cycles",
+    "breathing_phase",
+    "breathing_power",
+    "jerk_time",
+    "jerk_duration",
+    "translation_extent_mm",
+    "rotation_extent_deg",
+)
+"""Projection-domain rigid motion of a pair (`projection/<name>` floats; all 0 for other blur
+models), with `projection_kind` smooth | breathing | jerk | none. Translations in mm, rotations in
+degrees, times as fractions of the scan; see `pipeline.projection.RigidMotion`."""
 
 
 class SchemaVersionError(ValueError):
@@ -78,6 +108,9 @@ class Pair:
     subdataset: int
     motion: Mapping[str, float]
     noise_sigma_hu: float = 0.0
+    blur_model: str = "kernel"
+    projection_kind: str = ""
+    projection: Mapping[str, float] = dataclasses.field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -98,7 +131,10 @@ _STRING_FIELDS = (
     "sop_instance_uid",
     "source_kind",
     "split",
+    "blur_model",
+    "projection_kind",
 )
+_V2_STRINGS = {"blur_model": b"kernel", "projection_kind": b""}
 _INT_FIELDS = ("slice_index", "kernel_index", "subdataset")
 _FLOAT_FIELDS = ("slice_thickness_mm", "slice_position_mm", "noise_sigma_hu")
 
@@ -114,10 +150,13 @@ def _feature_spec() -> dict[str, tf.io.FixedLenFeature]:
         "psf_size": tf.io.FixedLenFeature([], tf.int64),
         "pixel_spacing_mm": tf.io.FixedLenFeature([2], tf.float32),
     }
-    spec.update({name: tf.io.FixedLenFeature([], tf.string) for name in _STRING_FIELDS})
+    spec.update({name: tf.io.FixedLenFeature([], tf.string, default_value=_V2_STRINGS.get(name))
+                 for name in _STRING_FIELDS})
     spec.update({name: tf.io.FixedLenFeature([], tf.int64) for name in _INT_FIELDS})
     spec.update({name: tf.io.FixedLenFeature([], tf.float32) for name in _FLOAT_FIELDS})
     spec.update({f"motion/{name}": tf.io.FixedLenFeature([], tf.float32) for name in MOTION_PARAM_NAMES})
+    spec.update({f"projection/{name}": tf.io.FixedLenFeature([], tf.float32, default_value=0.0)
+                 for name in PROJECTION_PARAM_NAMES})
     return spec
 
 
@@ -161,6 +200,11 @@ def encode_pair(pair: Pair) -> bytes:
     missing = set(MOTION_PARAM_NAMES) - set(pair.motion)
     if missing:
         raise ValueError(f"motion parameters missing: {sorted(missing)}")
+    if pair.blur_model not in BLUR_MODELS:
+        raise ValueError(f"blur_model must be one of {BLUR_MODELS}, got {pair.blur_model!r}")
+    unknown = set(pair.projection) - set(PROJECTION_PARAM_NAMES)
+    if unknown:
+        raise ValueError(f"unknown projection parameters: {sorted(unknown)}")
     feature = {
         "schema_version": _ints(SCHEMA_VERSION),
         "height": _ints(sharp.shape[0]),
@@ -175,13 +219,14 @@ def encode_pair(pair: Pair) -> bytes:
     feature.update({name: _ints(getattr(pair, name)) for name in _INT_FIELDS})
     feature.update({name: _floats(getattr(pair, name)) for name in _FLOAT_FIELDS})
     feature.update({f"motion/{name}": _floats(pair.motion[name]) for name in MOTION_PARAM_NAMES})
+    feature.update({f"projection/{name}": _floats(pair.projection.get(name, 0.0)) for name in PROJECTION_PARAM_NAMES})
     example = tf.train.Example(features=tf.train.Features(feature=feature))
     return example.SerializeToString(deterministic=True)
 
 
 def check_schema_version(version: int) -> None:
     """Raises `SchemaVersionError` unless `version` is one this reader understands."""
-    if version == SCHEMA_VERSION:
+    if version in READABLE_VERSIONS:
         return
     if version > SCHEMA_VERSION:
         raise SchemaVersionError(
@@ -189,12 +234,14 @@ def check_schema_version(version: int) -> None:
             "upgrade ctdeblur to read this dataset"
         )
     raise SchemaVersionError(
-        f"record has unknown schema_version {version} (this reader knows {SCHEMA_VERSION}); "
+        f"record has unknown schema_version {version} (this reader knows {READABLE_VERSIONS}); "
         "the file is not a ctdeblur dataset or is damaged"
     )
 
 
-def _values(features, name: str, kind: str) -> list:
+def _values(features, name: str, kind: str, default=None) -> list:
+    if name not in features.feature and default is not None:
+        return [default]
     if name not in features.feature:
         raise PairDecodeError(f"record has no feature {name!r}")
     values = list(getattr(features.feature[name], kind).value)
@@ -213,7 +260,8 @@ def decode_pair(record: bytes) -> Pair:
     features = example.features
     if "schema_version" not in features.feature:
         raise SchemaVersionError("record has no schema_version: it is not a ctdeblur pair")
-    check_schema_version(_values(features, "schema_version", "int64_list")[0])
+    version = _values(features, "schema_version", "int64_list")[0]
+    check_schema_version(version)
 
     height = _values(features, "height", "int64_list")[0]
     width = _values(features, "width", "int64_list")[0]
@@ -235,8 +283,11 @@ def decode_pair(record: bytes) -> Pair:
         psf=np.frombuffer(raw_psf, dtype="<f4").astype(np.float32).reshape(psf_size, psf_size),
         pixel_spacing_mm=(float(spacing[0]), float(spacing[1])),
         motion={name: float(_values(features, f"motion/{name}", "float_list")[0]) for name in MOTION_PARAM_NAMES},
-        schema_version=SCHEMA_VERSION,
-        **{name: _values(features, name, "bytes_list")[0].decode("utf-8") for name in _STRING_FIELDS},
+        projection={name: float(_values(features, f"projection/{name}", "float_list", 0.0)[0])
+                    for name in PROJECTION_PARAM_NAMES},
+        schema_version=int(version),
+        **{name: _values(features, name, "bytes_list", _V2_STRINGS.get(name))[0].decode("utf-8")
+           for name in _STRING_FIELDS},
         **{name: int(_values(features, name, "int64_list")[0]) for name in _INT_FIELDS},
         **{name: float(_values(features, name, "float_list")[0]) for name in _FLOAT_FIELDS},
     )
@@ -246,14 +297,14 @@ def parse_pair_tensors(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
     """tf.data map function: one serialised record -> dict of tensors.
 
     `sharp_hu`, `blurry_hu`: int16 [H, W]; `psf`: float32 [k, k]; every other feature as in
-    `FEATURE_SPEC`. Fails (tf.errors.InvalidArgumentError) on a schema version other than
-    `SCHEMA_VERSION`.
+    `FEATURE_SPEC` (version 1 records get blur_model "kernel" and zero projection parameters).
+    Fails (tf.errors.InvalidArgumentError) on a schema version this reader does not know.
     """
     features = tf.io.parse_single_example(serialized, FEATURE_SPEC)
-    version_ok = tf.debugging.assert_equal(
-        features["schema_version"],
-        tf.constant(SCHEMA_VERSION, tf.int64),
-        message=f"ctdeblur record schema_version differs from this reader's {SCHEMA_VERSION}",
+    version = features["schema_version"]
+    version_ok = tf.debugging.Assert(
+        tf.logical_and(version >= min(READABLE_VERSIONS), version <= max(READABLE_VERSIONS)),
+        [f"ctdeblur record schema_version not in {READABLE_VERSIONS}:", version],
     )
     with tf.control_dependencies([version_ok]):
         shape = tf.stack([features["height"], features["width"]])
