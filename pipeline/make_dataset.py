@@ -149,6 +149,7 @@ def build_manifest(summary: dict, counters: dict, config: PipelineConfig, source
         "inputs": summary["inputs"],
         "written": summary["written"],
         "rejected": summary["rejected"],
+        "rejected_series": summary["rejected_series"],
         "accounting": {
             "slices_read": summary["inputs"]["slices"],
             "slices_written": summary["written"]["slices"],
@@ -181,6 +182,10 @@ def print_summary(manifest: dict, output: str, stream=sys.stdout) -> None:
           f"{'' if accounting['balanced'] else '  (MISMATCH: please report)'}")
     for reason, count in manifest["rejected"].items():
         write(f"    {reason:<28}{count:>7}")
+    if manifest["rejected_series"]:
+        write(f"  series not read: {sum(manifest['rejected_series'].values())}")
+        for reason, count in manifest["rejected_series"].items():
+            write(f"    {reason:<28}{count:>7}")
     write(f"  test/train patient overlap: {manifest['leakage']['patients_in_test_and_train']}")
     for warning in manifest["warnings"]:
         write(f"  WARNING: {warning}")

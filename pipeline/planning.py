@@ -33,10 +33,12 @@ class InputFile:
 
 @dataclasses.dataclass(frozen=True)
 class Rejection:
-    """One input file (slice) not written, with a stable reason code and a human detail.
+    """One input not written, with a stable reason code and a human detail.
 
-    unselected: the slice is valid but deliberately not used (little body, z stride); such lines
-    go to a separate dead-letter file.
+    unit: "file" for one input file (a slice candidate), "series" for a whole series that never
+    yielded files (download failed, filtered out, registration rejected); series rejections are
+    counted apart from the slice accounting. unselected: the input is valid but deliberately not
+    used (little body, z stride, series filters); such lines go to a separate dead-letter file.
     """
 
     path: str
@@ -47,6 +49,7 @@ class Rejection:
     sop_instance_uid: str = ""
     slice_index: int = -1
     unselected: bool = False
+    unit: str = "file"
 
     def to_dict(self) -> dict:
         row = dataclasses.asdict(self)

@@ -212,7 +212,9 @@ def _rejection_line(rejection: Rejection) -> str:
     return json.dumps(rejection.to_dict(), sort_keys=True)
 
 
-def _summarize(_, files: int, slices: int, series: int, shards: list, rejected: list, plan: Plan, config: PipelineConfig) -> dict:
+def _summarize(_, files: int, slices: int, series: int, shards: list, rejected: list, plan: Plan,
+               config: PipelineConfig) -> dict:
+    """The run's counts; `rejected` holds ((unit, reason), count) pairs."""
     splits: dict[str, dict] = {}
     for info in sorted(shards, key=lambda s: s["file"]):
         split = splits.setdefault(info["split"], {"pairs": 0, "patient_keys": set(), "series": set(), "shards": []})
@@ -227,7 +229,8 @@ def _summarize(_, files: int, slices: int, series: int, shards: list, rejected: 
         "patient_keys": {name: sorted(s["patient_keys"]) for name, s in sorted(splits.items())},
         "inputs": {"files": files, "slices": files, "series": series, "readable_slices": slices},
         "written": {"pairs": sum(s["pairs"] for s in splits.values()), "slices": len(written_slices)},
-        "rejected": dict(sorted(dict(rejected).items())),
+        "rejected": {reason: n for (unit, reason), n in sorted(rejected) if unit == "file"},
+        "rejected_series": {reason: n for (unit, reason), n in sorted(rejected) if unit == "series"},
         "plan": {"pairs_per_split": dict(plan.pairs_per_split), "test_patients": plan.test_patients,
                  "train_patients": plan.train_patients},
         "warnings": list(plan.warnings),
@@ -282,7 +285,7 @@ class MakeDataset(beam.PTransform):
         files_count = files | "CountFiles" >> beam.combiners.Count.Globally()
         slices_count = scanned.slices | "CountSlices" >> beam.combiners.Count.Globally()
         series_count = assembled.series | "CountSeries" >> beam.combiners.Count.Globally()
-        reasons = rejected | "ReasonOf" >> beam.Map(lambda r: (r.reason, 1)) | "CountReasons" >> beam.CombinePerKey(sum)
+        reasons = rejected | "ReasonOf" >> beam.Map(lambda r: ((r.unit, r.reason), 1)) | "CountReasons" >> beam.CombinePerKey(sum)
         summary = (
             files.pipeline
             | "SummaryTrigger" >> beam.Create([None])
