@@ -28,6 +28,7 @@ REQUIREMENTS = [
     "tqdm",
     "matplotlib",
     "scikit-image",
+    "idc-index-data",
 ]
 TEST_REQUIREMENTS = ["pytest", "psutil"]
 

@@ -14,6 +14,9 @@ from typing import Any, Mapping
 
 import yaml
 
+from pipeline.archives.registration import RegistrationConfig
+from pipeline.archives.series import SeriesFilter
+from pipeline.archives.tcia import DEFAULT_COLLECTIONS, TciaConfig
 from pipeline.projection import ProjectionConfig
 
 
@@ -75,8 +78,26 @@ class PipelineConfig:
     collection: str = _field("local", "collection name recorded for --source dicom-dir inputs")
     blur_model: str = _field("kernel", "kernel: image-space motion PSF (the paper's); projection: rigid patient motion "
                              "during the scan, forward-projected and reconstructed by FBP", choices=("kernel", "projection"))
+    collections: tuple[str, ...] = _field(DEFAULT_COLLECTIONS, "archive collections for --source tcia and idc (TCIA names, "
+                                          "e.g. CPTAC-LUAD; IDC ids such as cptac_luad also work for idc)")
+    idc_bucket_root: str = _field("", "root holding <crdc_series_uuid>/ directories for --source idc; empty = the public "
+                                      "bucket (gs://idc-open-data); a local mirror or another bucket otherwise")
+    idc_index: str = _field("", "IDC index file (CSV or parquet, local or gs://) for --source idc; empty = the index "
+                                "bundled with the idc-index-data package (offline)")
+    registered_collection: str = _field("fb-dibh", "collection name recorded for --source pairs")
     motion: MotionConfig = dataclasses.field(default_factory=MotionConfig)
     projection: ProjectionConfig = dataclasses.field(default_factory=ProjectionConfig)
+    series_filter: SeriesFilter = dataclasses.field(default_factory=SeriesFilter)
+    tcia: TciaConfig = dataclasses.field(default_factory=TciaConfig)
+    registration: RegistrationConfig = dataclasses.field(default_factory=RegistrationConfig)
+
+    def tcia_config(self) -> TciaConfig:
+        """The TCIA client settings with this config's collections and series filter."""
+        return dataclasses.replace(
+            self.tcia, collections=tuple(self.collections), min_slices=self.series_filter.min_slices,
+            description_include=tuple(self.series_filter.description_include),
+            description_exclude=tuple(self.series_filter.description_exclude),
+            max_series_per_patient=self.series_filter.max_series_per_patient)
     phantom: PhantomConfig = dataclasses.field(default_factory=PhantomConfig)
 
     @property
@@ -113,6 +134,10 @@ class PipelineConfig:
             raise ValueError(f"phantom needs >= 1 patient, >= 1 slice and size >= 32, got {self.phantom}")
         self.motion.validate()
         self.projection.validate()
+        self.series_filter.validate()
+        self.registration.validate()
+        if not self.collections:
+            raise ValueError("collections is empty: name at least one archive collection, e.g. CPTAC-LUAD")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -167,8 +192,29 @@ def config_from_dict(values: Mapping[str, Any]) -> PipelineConfig:
     return PipelineConfig(**merged, **nested).validate()
 
 
+_SERIES_FILTER_HELP = {
+    "min_slices": "archive series with fewer images than this are not fetched",
+    "description_include": "fetch only archive series whose SeriesDescription matches one of these regexes "
+                           "(case-insensitive); none = all",
+    "description_exclude": "never fetch archive series whose SeriesDescription matches one of these regexes "
+                           "(scouts, localizers, dose reports by default)",
+    "max_series_per_patient": "fetch at most this many archive series per patient, most slices first; 0 = all",
+}
+_DERIVED_FLAGS = {"tcia_collections", "tcia_min_slices", "tcia_description_include", "tcia_description_exclude",
+                  "tcia_max_series_per_patient"}
+"""TCIA client fields set from `collections` and `series_filter` (no flags of their own)."""
+
+
+def _help(group_name: str | None, f: dataclasses.Field) -> str:
+    if "help" in f.metadata:
+        return f.metadata["help"]
+    if group_name == "series_filter":
+        return _SERIES_FILTER_HELP[f.name]
+    raise KeyError(f"setting {group_name}.{f.name} has no help text")
+
+
 def _flag_fields() -> list[tuple[str, str | None, dataclasses.Field, Any]]:
-    """(flag name, nested group or None, field, type) for every leaf setting."""
+    """(flag name, nested group or None, field, type) for every leaf setting that has a flag."""
     rows = []
     hints = typing.get_type_hints(PipelineConfig)
     nested = _nested_types()
@@ -176,7 +222,8 @@ def _flag_fields() -> list[tuple[str, str | None, dataclasses.Field, Any]]:
         if f.name in nested:
             sub_hints = typing.get_type_hints(nested[f.name])
             for sub in dataclasses.fields(nested[f.name]):
-                rows.append((f"{f.name}_{sub.name}", f.name, sub, sub_hints[sub.name]))
+                if f"{f.name}_{sub.name}" not in _DERIVED_FLAGS:
+                    rows.append((f"{f.name}_{sub.name}", f.name, sub, sub_hints[sub.name]))
         else:
             rows.append((f.name, None, f, hints[f.name]))
     return rows
@@ -191,12 +238,12 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     defaults = config_from_dict({})
     for flag, group_name, f, hint in _flag_fields():
         default = getattr(getattr(defaults, group_name), f.name) if group_name else getattr(defaults, f.name)
-        help_text = f"{f.metadata['help']} (paper default: {default})"
+        help_text = f"{_help(group_name, f)} (paper default: {default})"
         if hint is bool:
             group.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif typing.get_origin(hint) is tuple:
             item = typing.get_args(hint)[0]
-            group.add_argument(f"--{flag}", type=item, nargs="+", default=None, help=help_text)
+            group.add_argument(f"--{flag}", type=item, nargs="*", default=None, help=help_text)
         else:
             group.add_argument(f"--{flag}", type=hint, default=None, choices=f.metadata.get("choices"), help=help_text)
 

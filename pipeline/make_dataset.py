@@ -20,12 +20,19 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipeline.archive_sources import read_pairs_manifest
+from pipeline.archives.idc import list_idc_series
+from pipeline.archives.series import ArchiveError
+from pipeline.archives.tcia import list_series
 from pipeline.config import PipelineConfig, add_config_flags, config_from_args
-from pipeline.sources import SOURCES, ReadSource, read_bytes, write_bytes
+from pipeline.files import read_bytes, write_bytes
+from pipeline.sources import SOURCES, ReadSource
 from pipeline.transforms import NAMESPACE, MakeDataset
 from tfrecords_schema import DEAD_LETTER_NAME, MANIFEST_NAME, SCHEMA_VERSION, UNSELECTED_NAME, TEST_DIR
 
 SUMMARY_NAME = "_run_summary.json"
+REGISTERED_DIR = "_registered"
+"""Registered FB slices, kept while the run writes its shards."""
 VERSION = "0.1.0"
 
 DESCRIPTION = """\
@@ -45,6 +52,9 @@ Same inputs + settings + --seed give byte-identical shards whatever the runner's
 examples:
   ctdeblur-make-dataset --preset demo --source phantom --source pydicom-samples --output demo_output
   ctdeblur-make-dataset --source dicom-dir --input /data/ct --collection MYCOHORT --output ds
+  ctdeblur-make-dataset --source tcia --collections CPTAC-LUAD TCGA-SARC --output ds
+  ctdeblur-make-dataset --source idc --collections CPTAC-LUAD --output ds
+  ctdeblur-make-dataset --source pairs --pairs_manifest pairs.csv --output ds
 """
 
 
@@ -59,8 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--source", action="append", choices=SOURCES,
                         help="input source, repeatable to combine: phantom (embedded procedural CT phantoms "
                              "written as DICOM), pydicom-samples (real CT files shipped with pydicom), "
-                             "dicom-dir (every file under --input). Default: phantom")
+                             "dicom-dir (every file under --input), tcia (TCIA NBIA API, --collections), "
+                             "idc (NCI Imaging Data Commons, --collections), pairs (registered free-breathing / "
+                             "breath-hold CT pairs, --pairs_manifest). Default: phantom")
     parser.add_argument("--input", help="directory (local or gs://) or single file for --source dicom-dir")
+    parser.add_argument("--pairs_manifest", help="CSV for --source pairs: patient_id,fb_series,dibh_series[,transform] "
+                                                 "(series directories and ITK transform files, local or gs://)")
     parser.add_argument("--output", required=True, help="dataset directory to create (local or gs://)")
     parser.add_argument("--phantom_dir", help="where --source phantom writes its DICOM series (default OUTPUT/phantom_dicom)")
     parser.add_argument("--overwrite", action="store_true",
@@ -73,7 +87,7 @@ def _dataset_entries(output: str) -> list[str]:
     """Paths of a previous dataset's files and directories inside `output` (local only)."""
     if not os.path.isdir(output):
         return []
-    names = {MANIFEST_NAME, DEAD_LETTER_NAME, UNSELECTED_NAME, SUMMARY_NAME, TEST_DIR}
+    names = {MANIFEST_NAME, DEAD_LETTER_NAME, UNSELECTED_NAME, SUMMARY_NAME, REGISTERED_DIR, TEST_DIR}
     return sorted(os.path.join(output, n) for n in os.listdir(output)
                   if n in names or (n.startswith("train-") and n[6:].isdigit()))
 
@@ -194,11 +208,35 @@ def print_summary(manifest: dict, output: str, stream=sys.stdout) -> None:
     write(f"  manifest: {FileSystems.join(output, MANIFEST_NAME)}   ({manifest['run_seconds']} s)")
 
 
+def list_sources(config: PipelineConfig, sources: list[str], pairs_manifest: str | None) -> dict:
+    """What the archive sources will fetch, listed before the pipeline starts (fails fast)."""
+    listings: dict = {}
+    try:
+        if "tcia" in sources:
+            listings["tcia"] = list_series(config.tcia_config())
+        if "idc" in sources:
+            listings["idc"] = list_idc_series(config.collections, config.idc_index or None, config.series_filter)
+        if "pairs" in sources:
+            listings["pairs"] = read_pairs_manifest(pairs_manifest)
+    except ArchiveError as error:
+        raise UserError(f"cannot list the archive ({error.reason}): {error.detail}") from error
+    except (OSError, ValueError) as error:
+        raise UserError(str(error)) from error
+    for name in ("tcia", "idc"):
+        if name in listings:
+            for collection, message in listings[name].unavailable:
+                print(f"ctdeblur-make-dataset: warning: {name} {collection}: {message}", file=sys.stderr)
+    return listings
+
+
 def build_pipeline(config: PipelineConfig, sources: list[str], input_path: str | None, output: str,
-                   phantom_dir: str, options: PipelineOptions) -> beam.Pipeline:
+                   phantom_dir: str, options: PipelineOptions, listings: dict | None = None) -> beam.Pipeline:
     """The dataset pipeline graph, not yet run (any runner: Direct, Dataflow, ...)."""
     pipeline = beam.Pipeline(options=options)
-    inputs = [pipeline | f"Read_{source}" >> ReadSource(source, config, input_path, phantom_dir) for source in sources]
+    work_dir = FileSystems.join(output, REGISTERED_DIR)
+    inputs = [pipeline | f"Read_{source}" >> ReadSource(source, config, input_path, phantom_dir,
+                                                        (listings or {}).get(source), work_dir)
+              for source in sources]
     files = inputs | "AllInputs" >> beam.Flatten()
     _ = files | "MakeDataset" >> MakeDataset(config, output, FileSystems.join(output, SUMMARY_NAME))
     return pipeline
@@ -217,9 +255,12 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> dict:
         raise UserError("--source dicom-dir needs --input DIR")
     if args.input and "dicom-dir" not in sources:
         raise UserError("--input is only used with --source dicom-dir")
+    if ("pairs" in sources) != bool(args.pairs_manifest):
+        raise UserError("--source pairs and --pairs_manifest CSV go together")
     if len(set(sources)) != len(sources):
         raise UserError(f"--source given twice: {sources}")
     output = args.output.rstrip("/")
+    listings = list_sources(config, sources, args.pairs_manifest)
     prepare_output(output, args.overwrite)
     phantom_dir = args.phantom_dir or FileSystems.join(output, "phantom_dicom")
 
@@ -229,7 +270,7 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> dict:
     started = time.monotonic()
     progress.start()
     try:
-        pipeline = build_pipeline(config, sources, args.input, output, phantom_dir, options)
+        pipeline = build_pipeline(config, sources, args.input, output, phantom_dir, options, listings)
         result = pipeline.run()
         result.wait_until_finish()
     finally:
@@ -239,6 +280,9 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> dict:
     manifest = build_manifest(summary, _counters(result), config, sources, time.monotonic() - started)
     write_bytes(FileSystems.join(output, MANIFEST_NAME), json.dumps(manifest, indent=2, sort_keys=True).encode())
     FileSystems.delete([summary_path])
+    registered = FileSystems.join(output, REGISTERED_DIR)
+    if FileSystems.exists(registered):
+        FileSystems.delete([registered])
     return manifest
 
 

@@ -51,16 +51,22 @@ def _projection_blur(sharp: np.ndarray, spacing_mm: tuple[float, float], rng: np
             "blur_model": "projection", "projection_kind": motion.kind, "projection": motion.as_record()}
 
 
-def make_pair(task: PairTask, hu: np.ndarray, config: PipelineConfig) -> Pair:
+def make_pair(task: PairTask, hu: np.ndarray, config: PipelineConfig, registered_fb_hu: np.ndarray | None = None) -> Pair:
     """Blurs `hu` (float32 [H, W], HU) with the task's random motion (kernel or projection model).
 
     With `projection`, the sharp target is the static reconstruction through the same projector and
-    FBP, so the pair differs only by the motion.
+    FBP, so the pair differs only by the motion. For a registered task, `registered_fb_hu` (the
+    free-breathing slice resampled onto this breath-hold slice, [H, W] HU) is the blurry image.
     """
     header = task.header
     rng = kernel_rng(config, header.series_uid, task.slice_index, task.kernel_index)
     sharp = to_int16_hu(hu)
-    if config.blur_model == "projection":
+    if task.registered_fb:
+        if registered_fb_hu is None or registered_fb_hu.shape != sharp.shape:
+            raise ValueError(f"{task.record_key}: registered task needs its FB slice of shape {sharp.shape}")
+        blurred = {"sharp_hu": sharp, "blurry": registered_fb_hu, "psf": NO_PSF,
+                   "motion": dict.fromkeys(MOTION_PARAM_NAMES, 0.0), "blur_model": "none"}
+    elif config.blur_model == "projection":
         blurred = _projection_blur(sharp, header.pixel_spacing_mm, rng, config)
     else:
         blurred = _kernel_blur(sharp, rng, config)
@@ -88,6 +94,6 @@ def make_pair(task: PairTask, hu: np.ndarray, config: PipelineConfig) -> Pair:
     )
 
 
-def encode_task(task: PairTask, hu: np.ndarray, config: PipelineConfig) -> bytes:
+def encode_task(task: PairTask, hu: np.ndarray, config: PipelineConfig, registered_fb_hu: np.ndarray | None = None) -> bytes:
     """`make_pair` serialised with the schema."""
-    return encode_pair(make_pair(task, hu, config))
+    return encode_pair(make_pair(task, hu, config, registered_fb_hu))

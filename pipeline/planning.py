@@ -29,6 +29,9 @@ class InputFile:
     path: str
     collection: str
     source_kind: str = "synthetic"
+    registered_fb: str = ""
+    """For registered pairs (the file is a breath-hold slice): the file holding the registered
+    free-breathing slices (`archive_sources.registered_slices`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +71,7 @@ class SeriesSlices:
     slices: tuple[SliceHeader, ...]
     eligible: tuple[int, ...]
     """Indices into `slices` with enough body to be used."""
+    registered_fb: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +108,8 @@ class PairTask:
     source_kind: str
     patient_id: str
     header: SliceHeader
+    registered_fb: str = ""
+    """Set for the real pair (kernel 0) of a registered slice: the FB file to take blurry from."""
 
     @property
     def split_dir(self) -> str:
@@ -165,7 +171,8 @@ def assemble_series(
                 "selection", series_uid, header.sop_instance_uid, index, unselected=True,
             ))
     first = kept[0][0]
-    return SeriesSlices(series_uid, patients[0], first.collection, first.source_kind, slices, tuple(eligible)), rejections
+    return SeriesSlices(series_uid, patients[0], first.collection, first.source_kind, slices, tuple(eligible),
+                        first.registered_fb), rejections
 
 
 def _largest_remainder(total: int, weights: Sequence[tuple[str, int]], seed: int) -> dict[str, int]:
@@ -251,7 +258,11 @@ def record_key(series_uid: str, slice_index: int, kernel_index: int) -> str:
 
 
 def pair_tasks(series: SeriesSlices, plan: Plan, config: PipelineConfig) -> tuple[list[PairTask], list[Rejection]]:
-    """The pairs a series contributes under `plan`, and the eligible slices it leaves out."""
+    """The pairs a series contributes under `plan`, and the eligible slices it leaves out.
+
+    A registered series' slices give their real FB/DIBH pair as kernel 0 and, when
+    `kernels_per_slice` > 1, synthetic kernel pairs of the breath-hold slice as kernels 1.. .
+    """
     series_plan = plan.series[series.series_uid]
     chosen = set(evenly_spaced(len(series.eligible), series_plan.quota))
     tasks: list[PairTask] = []
@@ -274,9 +285,11 @@ def pair_tasks(series: SeriesSlices, plan: Plan, config: PipelineConfig) -> tupl
                 subdataset = global_pair % config.subdatasets
             key = record_key(series.series_uid, index, kernel_index)
             shards = plan.shards_per_split[split_dir(series_plan.split, subdataset)]
+            real_pair = series.source_kind == "registered" and kernel_index == 0
             tasks.append(PairTask(
                 key, series_plan.split, subdataset, shard_of(key, shards), kernel_index, index,
-                series.collection, series.source_kind, series.patient_id, header,
+                series.collection, "registered" if real_pair else "synthetic", series.patient_id, header,
+                series.registered_fb if real_pair else "",
             ))
         rank += 1
     return tasks, rejections

@@ -1,8 +1,11 @@
-"""Input sources: each turns into a PCollection of `InputFile` (one per file to read).
+"""Input sources: each turns into a PCollection of `InputFile` (one per file to read) mixed
+with the `Rejection`s of series it could not deliver.
 
 - `phantom`: procedural phantom series, written as DICOM files by the pipeline itself.
 - `pydicom-samples`: the real CT files that pydicom ships with its package.
 - `dicom-dir`: every file under a local or `gs://` directory (or one file), recursively.
+- `tcia`, `idc`: archive series listed by the launcher, fetched by the workers.
+- `pairs`: registered free-breathing / breath-hold CT pairs from a CSV manifest.
 """
 
 from __future__ import annotations
@@ -12,33 +15,20 @@ import os
 
 import apache_beam as beam
 from apache_beam.io import fileio
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.archive_sources import REJECTED, FetchIdcFn, FetchTciaFn, RegisterPairFn, listing_rejections
 from pipeline.config import PipelineConfig
+from pipeline.files import list_files, write_bytes
 from pipeline.phantom import PhantomSeries, phantom_dataset, phantom_series, slice_file_name
 from pipeline.planning import InputFile
 
-SOURCES = ("phantom", "pydicom-samples", "dicom-dir")
+SOURCES = ("phantom", "pydicom-samples", "dicom-dir", "tcia", "idc", "pairs")
 PHANTOM_COLLECTION = "phantom"
 PYDICOM_COLLECTION = "pydicom-samples"
 PYDICOM_CT_SAMPLES = ("CT_small.dcm", "693_J2KI.dcm", "J2K_pixelrep_mismatch.dcm")
 """Real CT images in pydicom's package data: 128x128 uncompressed, and two 512x512 JPEG 2000 files
 from different scanners (one with a PixelRepresentation quirk)."""
-
-
-def read_bytes(path: str) -> bytes:
-    """All bytes of a local or remote file, never decompressed by extension."""
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        return handle.read()
-
-
-def write_bytes(path: str, data: bytes) -> None:
-    """Writes a local or remote file whole, creating local parent directories."""
-    if "://" not in path:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        handle.write(data)
 
 
 def pydicom_test_files_dir() -> str:
@@ -65,27 +55,42 @@ def write_phantom_patient(patient_index: int, config: PipelineConfig, phantom_di
     return [InputFile(path, PHANTOM_COLLECTION) for path in write_phantom_series(series, phantom_dir)]
 
 
-def list_dicom_dir(root: str) -> str:
-    """The file pattern that lists every file under `root` (or `root` itself if it is a file)."""
-    if "://" not in root:
-        if not os.path.exists(root):
-            raise FileNotFoundError(f"--input {root} does not exist")
-        if os.path.isfile(root):
-            return root
-    return root.rstrip("/") + "/**"
-
-
 class ReadSource(beam.PTransform):
-    """One source -> PCollection[InputFile]."""
+    """One source -> PCollection of InputFile and Rejection.
 
-    def __init__(self, source: str, config: PipelineConfig, input_path: str | None, phantom_dir: str):
+    listing: for tcia and idc the launcher's SeriesListing, for pairs the manifest's PairRows.
+    work_dir: where registered FB volumes are kept during the run (pairs).
+    """
+
+    def __init__(self, source: str, config: PipelineConfig, input_path: str | None, phantom_dir: str,
+                 listing=None, work_dir: str = ""):
         super().__init__()
         self.source = source
         self.config = config
         self.input_path = input_path
         self.phantom_dir = phantom_dir
+        self.listing = listing
+        self.work_dir = work_dir
+
+    def _fetched(self, pbegin, items, fetch_fn, rejections=()):
+        fetched = (
+            pbegin
+            | "Listed" >> beam.Create(list(items))
+            | "Reshuffle" >> beam.Reshuffle()
+            | "Fetch" >> beam.ParDo(fetch_fn).with_outputs(REJECTED, main="files")
+        )
+        listed = pbegin | "ListingRejections" >> beam.Create(list(rejections))
+        return (fetched.files, fetched[REJECTED], listed) | "Merge" >> beam.Flatten()
 
     def expand(self, pbegin):
+        if self.source == "tcia":
+            return self._fetched(pbegin, self.listing.kept, FetchTciaFn(self.config),
+                                 listing_rejections(self.listing, "tcia"))
+        if self.source == "idc":
+            return self._fetched(pbegin, self.listing.kept, FetchIdcFn(self.config),
+                                 listing_rejections(self.listing, "idc"))
+        if self.source == "pairs":
+            return self._fetched(pbegin, self.listing, RegisterPairFn(self.config, self.work_dir))
         if self.source == "phantom":
             config, phantom_dir = self.config, self.phantom_dir
             return (
@@ -105,7 +110,7 @@ class ReadSource(beam.PTransform):
             collection = self.config.collection
             return (
                 pbegin
-                | "MatchFiles" >> fileio.MatchFiles(list_dicom_dir(self.input_path))
+                | "MatchFiles" >> fileio.MatchFiles(list_files(self.input_path))
                 | "ToInputFile" >> beam.Map(lambda meta: InputFile(meta.path, collection))
             )
         raise ValueError(f"unknown source {self.source!r}; choose from {SOURCES}")

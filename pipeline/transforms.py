@@ -21,6 +21,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from pipeline.archive_sources import registered_slices
 from pipeline.config import PipelineConfig
 from pipeline.dicom_hu import SliceRejected, read_slice_hu, scan_slice
 from pipeline.hashing import patient_key
@@ -35,7 +36,7 @@ from pipeline.planning import (
     pair_tasks,
     series_summary,
 )
-from pipeline.sources import read_bytes, write_bytes
+from pipeline.files import read_bytes, write_bytes
 from tfrecords_schema import DEAD_LETTER_NAME, UNSELECTED_NAME, frame_record, shard_name
 
 NAMESPACE = "ctdeblur"
@@ -137,6 +138,7 @@ class WriteShardFn(beam.DoFn):
         digest = hashlib.sha256()
         written: list = []
         cached_path, cached_hu = None, None
+        registered: dict[str, dict] = {}
         with FileSystems.create(temporary, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
             hashing = _HashingWriter(raw, digest)
             sink = gzip.GzipFile(filename="", mode="wb", fileobj=hashing, compresslevel=GZIP_LEVEL, mtime=0) \
@@ -154,7 +156,12 @@ class WriteShardFn(beam.DoFn):
                     continue
                 if cached_hu is None:
                     continue
-                sink.write(frame_record(encode_task(task, cached_hu, self.config)))
+                fb_hu = None
+                if task.registered_fb:
+                    if task.registered_fb not in registered:
+                        registered[task.registered_fb] = registered_slices(task.registered_fb)
+                    fb_hu = registered[task.registered_fb][task.header.sop_instance_uid]
+                sink.write(frame_record(encode_task(task, cached_hu, self.config, fb_hu)))
                 written.append(task)
             if sink is not hashing:
                 sink.close()
@@ -239,7 +246,8 @@ def _summarize(_, files: int, slices: int, series: int, shards: list, rejected: 
 
 
 class MakeDataset(beam.PTransform):
-    """PCollection[InputFile] -> dataset files under `output`; returns the run summary (one dict)."""
+    """PCollection of InputFile (and sources' Rejections) -> dataset files under `output`;
+    returns the run summary (one dict)."""
 
     def __init__(self, config: PipelineConfig, output: str, summary_path: str):
         super().__init__()
@@ -247,8 +255,10 @@ class MakeDataset(beam.PTransform):
         self.output = output
         self.summary_path = summary_path
 
-    def expand(self, files):
+    def expand(self, inputs):
         config = self.config
+        files = inputs | "InputFiles" >> beam.Filter(lambda item: isinstance(item, InputFile))
+        source_rejections = inputs | "SourceRejections" >> beam.Filter(lambda item: isinstance(item, Rejection))
         scanned = files | "ScanSlices" >> beam.ParDo(ScanSlicesFn(config.body_hu_threshold)).with_outputs(
             REJECTED, main="slices")
         assembled = (
@@ -273,8 +283,8 @@ class MakeDataset(beam.PTransform):
             | "GroupByShard" >> beam.GroupByKey()
             | "WriteShards" >> beam.ParDo(WriteShardFn(config, self.output)).with_outputs(REJECTED, main="shards")
         )
-        rejected = (scanned[REJECTED], assembled[REJECTED], selected[REJECTED], written[REJECTED]) | (
-            "AllRejections" >> beam.Flatten())
+        rejected = (source_rejections, scanned[REJECTED], assembled[REJECTED], selected[REJECTED],
+                    written[REJECTED]) | "AllRejections" >> beam.Flatten()
         problems = rejected | "Problems" >> beam.Filter(lambda r: not r.unselected)
         unselected = rejected | "Unselected" >> beam.Filter(lambda r: r.unselected)
         _ = (problems | "ProblemLines" >> beam.Map(_rejection_line)
@@ -282,7 +292,11 @@ class MakeDataset(beam.PTransform):
         _ = (unselected | "UnselectedLines" >> beam.Map(_rejection_line)
              | "WriteUnselected" >> WriteSortedLines(FileSystems.join(self.output, UNSELECTED_NAME)))
 
-        files_count = files | "CountFiles" >> beam.combiners.Count.Globally()
+        files_count = (
+            (files, source_rejections | "FileRejections" >> beam.Filter(lambda r: r.unit == "file"))
+            | "ReadFiles" >> beam.Flatten()
+            | "CountFiles" >> beam.combiners.Count.Globally()
+        )
         slices_count = scanned.slices | "CountSlices" >> beam.combiners.Count.Globally()
         series_count = assembled.series | "CountSeries" >> beam.combiners.Count.Globally()
         reasons = rejected | "ReasonOf" >> beam.Map(lambda r: ((r.unit, r.reason), 1)) | "CountReasons" >> beam.CombinePerKey(sum)

@@ -1,0 +1,194 @@
+"""Beam stages of the archive sources: TCIA and IDC series, and registered FB/DIBH pairs.
+
+Listing happens in the launcher (fast, and a wrong collection name fails before any worker
+starts); fetching and registration run on the workers. Every listed series ends as files to read
+or as a series-level `Rejection` (unit "series") naming the reason and, for HTTP, the status.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import logging
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+from pipeline.archives.idc import IdcSeriesRecord, idc_series_files
+from pipeline.archives.registration import SeriesVolumeError, read_series_volume, register_fb_to_dibh
+from pipeline.archives.series import ArchiveError, SeriesListing
+from pipeline.archives.tcia import fetch_series
+from pipeline.config import PipelineConfig
+from pipeline.dicom_hu import SliceRejected, read_dataset
+from pipeline.files import list_files, read_bytes, write_bytes
+from pipeline.planning import InputFile, Rejection
+
+LOG = logging.getLogger("ctdeblur.pipeline")
+NAMESPACE = "ctdeblur"
+REJECTED = "rejected"
+PAIRS_COLUMNS = ("patient_id", "fb_series", "dibh_series")
+
+
+@dataclasses.dataclass(frozen=True)
+class PairRow:
+    """One line of a pairs manifest: FB and DIBH series directories (local or gs://)."""
+
+    patient_id: str
+    fb_series: str
+    dibh_series: str
+    transform: str = ""
+    """Optional ITK transform file mapping DIBH points to FB points (skips registration)."""
+
+    @property
+    def pair_id(self) -> str:
+        return hashlib.sha256(f"{self.fb_series}\x1f{self.dibh_series}".encode()).hexdigest()[:16]
+
+
+def read_pairs_manifest(path: str) -> list[PairRow]:
+    """Parses the CSV `patient_id,fb_series,dibh_series[,transform]` (header line required)."""
+    text = read_bytes(path).decode("utf-8-sig")
+    reader = csv.DictReader(io.StringIO(text))
+    missing = [c for c in PAIRS_COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise ValueError(f"{path}: header must name {', '.join(PAIRS_COLUMNS)}[, transform]; missing {missing}")
+    rows = []
+    for number, row in enumerate(reader, start=2):
+        values = {k: (row.get(k) or "").strip() for k in (*PAIRS_COLUMNS, "transform")}
+        empty = [c for c in PAIRS_COLUMNS if not values[c]]
+        if empty:
+            raise ValueError(f"{path} line {number}: empty {', '.join(empty)}")
+        rows.append(PairRow(**values))
+    if not rows:
+        raise ValueError(f"{path} lists no pairs")
+    return rows
+
+
+def listing_rejections(listing: SeriesListing, source: str) -> list[Rejection]:
+    """Series the listing filters dropped (unselected) and collections that gave nothing."""
+    rejections = [
+        Rejection("", f"filtered_{reason}", f"{source}: {record.collection} patient {record.patient_id}, "
+                  f"{record.image_count} images, description {record.description!r}", "list",
+                  record.series_uid, unselected=True, unit="series")
+        for record, reason in listing.dropped
+    ]
+    rejections += [Rejection(name, "collection_unavailable", message, "list", unit="series")
+                   for name, message in listing.unavailable]
+    return rejections
+
+
+def _archive_rejection(source: str, series_uid: str, error: ArchiveError) -> Rejection:
+    status = f" (HTTP {error.status})" if error.status else ""
+    Metrics.counter(NAMESPACE, f"rejected_{error.reason}").inc()
+    return Rejection("", error.reason, f"{source}{status}: {error.detail}", "fetch", series_uid, unit="series")
+
+
+class FetchTciaFn(beam.DoFn):
+    """SeriesRecord -> InputFile per downloaded file, or a series Rejection with the HTTP status."""
+
+    def __init__(self, config: PipelineConfig):
+        self.config = config
+
+    def process(self, record):
+        try:
+            paths = fetch_series(record, self.config.tcia_config())
+        except ArchiveError as error:
+            yield beam.pvalue.TaggedOutput(REJECTED, _archive_rejection("tcia", record.series_uid, error))
+            return
+        Metrics.counter(NAMESPACE, "series_fetched").inc()
+        for path in paths:
+            yield InputFile(path, record.collection)
+
+
+class FetchIdcFn(beam.DoFn):
+    """IdcSeriesRecord -> InputFile per file in the bucket (or its mapped root)."""
+
+    def __init__(self, config: PipelineConfig):
+        self.config = config
+
+    def process(self, record: IdcSeriesRecord):
+        try:
+            paths = idc_series_files(record, self.config.idc_bucket_root or None)
+        except ArchiveError as error:
+            yield beam.pvalue.TaggedOutput(REJECTED, _archive_rejection("idc", record.series_uid, error))
+            return
+        Metrics.counter(NAMESPACE, "series_fetched").inc()
+        for path in paths:
+            yield InputFile(path, record.collection)
+
+
+def _series_paths(directory: str) -> list[str]:
+    return sorted(m.path for m in FileSystems.match([list_files(directory)])[0].metadata_list)
+
+
+def _slice_order(paths: list[str]) -> list[tuple[str, str]]:
+    """(path, SOPInstanceUID) of a series' files in the order `read_series_volume` stacks them."""
+    rows = []
+    for path in paths:
+        dataset = read_dataset(read_bytes(path), path)
+        orientation = np.asarray(dataset.ImageOrientationPatient, float)
+        normal = np.cross(orientation[:3], orientation[3:])
+        rows.append((float(np.dot(np.asarray(dataset.ImagePositionPatient, float), normal)), path,
+                     str(dataset.SOPInstanceUID)))
+    return [(path, uid) for _, path, uid in sorted(rows)]
+
+
+def registered_slices(fb_volume_path: str) -> dict[str, np.ndarray]:
+    """SOPInstanceUID of a DIBH slice -> FB resampled onto it (int16 HU [H, W])."""
+    with np.load(io.BytesIO(read_bytes(fb_volume_path)), allow_pickle=False) as archive:
+        return dict(zip(archive["sop_instance_uids"].tolist(), archive["fb_hu"]))
+
+
+class RegisterPairFn(beam.DoFn):
+    """PairRow -> an InputFile per usable DIBH slice (with the registered FB slices stored beside),
+    or a series Rejection (unreadable series, registration below the quality gate)."""
+
+    def __init__(self, config: PipelineConfig, work_dir: str):
+        self.config = config
+        self.work_dir = work_dir
+
+    def process(self, row: PairRow):
+        from pipeline.pairs import to_int16_hu
+
+        try:
+            fb_paths, dibh_paths = _series_paths(row.fb_series), _series_paths(row.dibh_series)
+            fb, dibh = read_series_volume(fb_paths), read_series_volume(dibh_paths)
+            ordered = _slice_order(dibh_paths)
+            fb_hu, result = register_fb_to_dibh(fb, dibh, self.config.registration, row.transform or None)
+        except (SeriesVolumeError, SliceRejected) as error:
+            yield beam.pvalue.TaggedOutput(REJECTED, self._reject(row, error.reason, error.detail))
+            return
+        except (OSError, ValueError) as error:
+            yield beam.pvalue.TaggedOutput(REJECTED, self._reject(row, "unreadable_pair", f"{type(error).__name__}: {error}"))
+            return
+        summary = (f"NCC inside body {result.ncc_body:.3f}, body overlap {result.body_overlap:.2f}, "
+                   f"translation {np.round(result.translation_mm, 2).tolist()} mm, "
+                   f"rotation {np.round(result.rotation_deg, 2).tolist()} deg")
+        if not result.accepted:
+            yield beam.pvalue.TaggedOutput(REJECTED, self._reject(row, "registration_rejected", f"{result.reason}; {summary}"))
+            return
+        Metrics.counter(NAMESPACE, "pairs_registered").inc()
+        LOG.info("registered %s onto %s: %s", row.fb_series, row.dibh_series, summary)
+        usable = set(result.usable_slices)
+        volume_path = FileSystems.join(self.work_dir, f"{row.pair_id}.npz")
+        buffer = io.BytesIO()
+        np.savez(buffer, sop_instance_uids=np.asarray([uid for z, (_, uid) in enumerate(ordered) if z in usable]),
+                 fb_hu=to_int16_hu(fb_hu[sorted(usable)]))
+        write_bytes(volume_path, buffer.getvalue())
+        collection = self.config.registered_collection
+        for z, (path, uid) in enumerate(ordered):
+            if z in usable:
+                yield InputFile(path, collection, "registered", volume_path)
+            else:
+                yield beam.pvalue.TaggedOutput(REJECTED, Rejection(
+                    path, "outside_registered_fb", "free-breathing scan does not cover this breath-hold slice's body",
+                    "register", "", uid, z, unselected=True))
+
+    def _reject(self, row: PairRow, reason: str, detail: str) -> Rejection:
+        Metrics.counter(NAMESPACE, f"rejected_{reason}").inc()
+        return Rejection(row.dibh_series, reason, f"pair {row.patient_id}: FB {row.fb_series} -> DIBH "
+                         f"{row.dibh_series}: {detail}", "register", unit="series")
+

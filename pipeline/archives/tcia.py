@@ -1,0 +1,398 @@
+"""TCIA's NBIA REST API (v4): list the CT series of collections, download a series as a zip.
+
+- `list_series`: `getSeries?Collection=<c>&Modality=CT` per collection, then the listing filters
+  (minimum slices, description include/exclude, max series per patient): every listed series
+  ends kept or dropped with a reason.
+- `fetch_series`: `getImageWithMD5Hash?SeriesInstanceUID=<uid>` (default; every file is checked
+  against the archive's md5hashes.csv) or `getImage?NewFileNames=Yes&SeriesInstanceUID=<uid>`,
+  streamed to a scratch file in 1 MiB chunks, extracted safely (`safe_zip`), then published to
+  the cache (local or gs://). A marker written last makes a series complete: a partial download
+  or extraction never counts, and a complete one is never fetched again.
+
+Timeouts, connection errors, HTTP 429 (waiting at least its Retry-After) and 5xx are retried a
+bounded number of times with exponential backoff and random jitter; a damaged download (bad zip,
+MD5 mismatch, missing files) is fetched again the same way. The jitter only changes timing, never
+which bytes are returned. Everything that still fails raises `ArchiveError` with a stable reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import email.utils
+import hashlib
+import http.client
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from typing import Any, Callable, TypeVar
+
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.archives.safe_zip import CHUNK_BYTES, ExtractedFile, ZipLimits, extract_zip, safe_member_name
+from pipeline.archives.series import (
+    DEFAULT_DESCRIPTION_EXCLUDE, ArchiveError, SeriesFilter, SeriesListing, SeriesRecord, filter_series)
+
+__all__ = ["TciaConfig", "SeriesRecord", "ArchiveError", "SeriesListing", "list_series", "fetch_series",
+           "cached_series", "DEFAULT_BASE_URL", "DEFAULT_COLLECTIONS"]
+
+LOG = logging.getLogger("ctdeblur.archives.tcia")
+DEFAULT_BASE_URL = "https://services.cancerimagingarchive.net/nbia-api/services/v4/"
+DEFAULT_COLLECTIONS = ("CPTAC-GBM", "TCGA-SARC", "CPTAC-LUAD", "CPTAC-HNSCC")
+MD5_MANIFEST = "md5hashes.csv"
+COMPLETE_MARKER = "_ctdeblur_complete.json"
+USER_AGENT = "ctdeblur/0.1 (archive client)"
+MAX_LISTING_BYTES = 256 << 20
+T = TypeVar("T")
+
+
+def _field(default: Any, help: str) -> Any:
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclasses.dataclass(frozen=True)
+class TciaConfig:
+    """Where and how to fetch TCIA series. Times in seconds, sizes in bytes."""
+
+    base_url: str = _field(DEFAULT_BASE_URL, "NBIA REST API base URL (v4), ending in /")
+    collections: tuple[str, ...] = _field(DEFAULT_COLLECTIONS, "TCIA collections to list (CT series only)")
+    timeout_s: float = _field(60.0, "socket timeout of a connect or a read (s)")
+    max_download_s: float = _field(3600.0, "longest one download attempt may take (s)")
+    max_attempts: int = _field(6, "attempts per request, first one included")
+    backoff_initial_s: float = _field(2.0, "wait before the first retry (s); doubles each retry, with jitter")
+    backoff_max_s: float = _field(120.0, "longest wait between retries (s), Retry-After excepted")
+    verify_md5: bool = _field(True, "download with getImageWithMD5Hash and check every file's MD5 "
+                                    "(off: getImage?NewFileNames=Yes, checked by file count only)")
+    min_slices: int = _field(20, "drop series with fewer images than this")
+    description_include: tuple[str, ...] = _field((), "keep only series whose SeriesDescription matches one of these "
+                                                      "regexes (case-insensitive); empty = all")
+    description_exclude: tuple[str, ...] = _field(DEFAULT_DESCRIPTION_EXCLUDE, "drop series whose SeriesDescription "
+                                                                                "matches one of these regexes")
+    max_series_per_patient: int = _field(2, "keep at most this many series per patient (most slices first); 0 = all")
+    max_zip_bytes: int = _field(8 << 30, "largest series zip to download (bytes)")
+    max_uncompressed_bytes: int = _field(16 << 30, "largest total size of a series' extracted files (bytes)")
+    max_files: int = _field(20_000, "most files one series zip may hold")
+    cache_dir: str = _field(os.path.join("~", ".cache", "ctdeblur", "tcia"),
+                            "download cache, local or gs:// (one directory per series UID)")
+    work_dir: str = _field("", "local scratch directory for zips being downloaded and extracted "
+                               "(default: the system temp directory)")
+
+    @property
+    def series_filter(self) -> SeriesFilter:
+        return SeriesFilter(self.min_slices, tuple(self.description_include), tuple(self.description_exclude),
+                            self.max_series_per_patient)
+
+    @property
+    def zip_limits(self) -> ZipLimits:
+        return ZipLimits(self.max_uncompressed_bytes, self.max_files)
+
+    def validate(self) -> "TciaConfig":
+        """Returns self, or raises ValueError naming the bad setting."""
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"tcia base_url must be an http(s) URL, got {self.base_url!r}")
+        if not self.collections:
+            raise ValueError("tcia collections is empty: name at least one TCIA collection, e.g. CPTAC-LUAD")
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        for name in ("timeout_s", "max_download_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0 s, got {getattr(self, name)}")
+        if self.backoff_initial_s < 0 or self.backoff_max_s < self.backoff_initial_s:
+            raise ValueError(f"need 0 <= backoff_initial_s <= backoff_max_s, got {self.backoff_initial_s}, {self.backoff_max_s}")
+        for name in ("max_zip_bytes", "max_uncompressed_bytes", "max_files"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.cache_dir:
+            raise ValueError("tcia cache_dir is empty: give a local directory or a gs:// path")
+        self.series_filter.validate()
+        return self
+
+
+class _Retry(Exception):
+    """A failed attempt that may succeed when repeated."""
+
+    def __init__(self, reason: str, detail: str, status: int | None = None, wait_s: float = 0.0):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+        self.status = status
+        self.wait_s = wait_s
+
+
+def retry_after_s(value: str | None, now: float | None = None) -> float:
+    """Seconds to wait from a Retry-After header (delta seconds or an HTTP date); 0 if absent."""
+    if not value:
+        return 0.0
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return 0.0
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def backoff_s(attempt: int, config: TciaConfig, rng: random.Random) -> float:
+    """Wait before retry `attempt` (1 = first retry): exponential, capped, with jitter in [d/2, d]."""
+    delay = min(config.backoff_max_s, config.backoff_initial_s * 2.0 ** (attempt - 1))
+    return delay * (0.5 + 0.5 * rng.random())
+
+
+def _http_error(error: urllib.error.HTTPError, url: str) -> Exception:
+    status = error.code
+    if status == 429 or 500 <= status <= 599:
+        return _Retry(f"http_{status}", f"HTTP {status} from {url}", status, retry_after_s(error.headers.get("Retry-After")))
+    hint = {404: "the series or endpoint does not exist at this base URL",
+            401: "this collection needs a TCIA account; only public collections are supported",
+            403: "this collection needs a TCIA account; only public collections are supported"}.get(status, "")
+    return ArchiveError(f"http_{status}", f"HTTP {status} from {url}{'; ' + hint if hint else ''}", status)
+
+
+def _with_retries(url: str, config: TciaConfig, consume: Callable[[http.client.HTTPResponse], T]) -> T:
+    """GETs `url` and hands the response to `consume`, retrying what may pass on a later attempt.
+
+    `consume` may raise `_Retry` (damaged content) or ArchiveError (final).
+    """
+    rng = random.Random()
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            try:
+                with urllib.request.urlopen(request, timeout=config.timeout_s) as response:
+                    return consume(response)
+            except urllib.error.HTTPError as error:
+                raise _http_error(error, url) from error
+            except TimeoutError as error:
+                raise _Retry("timeout", f"no answer from {url} within {config.timeout_s} s") from error
+            except urllib.error.URLError as error:
+                if isinstance(error.reason, TimeoutError):
+                    raise _Retry("timeout", f"no answer from {url} within {config.timeout_s} s") from error
+                raise _Retry("connection_error", f"{url}: {error.reason}") from error
+            except (ConnectionError, http.client.HTTPException) as error:
+                raise _Retry("connection_error", f"{url}: {type(error).__name__}: {error}") from error
+        except _Retry as failure:
+            if attempt >= config.max_attempts:
+                exhausted = failure.reason + ("_exhausted" if failure.reason.startswith("http_") else "")
+                raise ArchiveError(exhausted, f"{failure.detail} (gave up after {attempt} attempts)",
+                                   failure.status) from failure
+            wait = max(failure.wait_s, backoff_s(attempt, config, rng))
+            LOG.info("%s; retry %d/%d in %.1f s", failure.detail, attempt, config.max_attempts - 1, wait)
+            time.sleep(wait)
+
+
+def _read_listing(response: http.client.HTTPResponse) -> Any:
+    body = response.read(MAX_LISTING_BYTES + 1)
+    if len(body) > MAX_LISTING_BYTES:
+        raise ArchiveError("listing_too_large", f"{response.url} returned more than {MAX_LISTING_BYTES} bytes")
+    if not body.strip():
+        return []
+    try:
+        return json.loads(body)
+    except ValueError as error:
+        raise _Retry("bad_listing", f"{response.url} did not return JSON: {body[:120]!r}") from error
+
+
+def _record(row: Any, collection: str) -> SeriesRecord:
+    if not isinstance(row, dict) or not row.get("SeriesInstanceUID"):
+        raise ArchiveError("bad_listing", f"getSeries for {collection} returned an entry without SeriesInstanceUID: {row!r:.200}")
+    try:
+        image_count = int(row["ImageCount"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ArchiveError("bad_listing", f"getSeries for {collection} gave series {row['SeriesInstanceUID']} without "
+                                          f"a numeric ImageCount ({row.get('ImageCount')!r})") from error
+    return SeriesRecord(
+        series_uid=str(row["SeriesInstanceUID"]),
+        patient_id=str(row.get("PatientID") or ""),
+        collection=str(row.get("Collection") or collection),
+        modality=str(row.get("Modality") or ""),
+        image_count=image_count,
+        description=str(row.get("SeriesDescription") or ""),
+    )
+
+
+def list_series(config: TciaConfig) -> SeriesListing:
+    """Lists the CT series of every configured collection and applies the filters.
+
+    Collections that list no series go to `unavailable`; raises ArchiveError(no_series) when none
+    of them lists any, and the HTTP reasons when the listing itself cannot be fetched.
+    """
+    config.validate()
+    records: list[SeriesRecord] = []
+    unavailable: list[tuple[str, str]] = []
+    for collection in config.collections:
+        query = urllib.parse.urlencode({"Collection": collection, "Modality": "CT"})
+        url = urllib.parse.urljoin(config.base_url, f"getSeries?{query}")
+        rows = _with_retries(url, config, _read_listing)
+        if not isinstance(rows, list):
+            raise ArchiveError("bad_listing", f"{url} returned {type(rows).__name__}, expected a JSON list")
+        if not rows:
+            unavailable.append((collection, f"TCIA lists no CT series for collection {collection!r} at {config.base_url}: "
+                                            "check the name (exact TCIA spelling, e.g. CPTAC-LUAD)"))
+        records.extend(_record(row, collection) for row in rows)
+    if not records:
+        raise ArchiveError("no_series", "; ".join(message for _, message in unavailable))
+    kept, dropped = filter_series(records, config.series_filter)
+    return SeriesListing(kept, dropped, tuple(unavailable))
+
+
+def _image_url(series_uid: str, config: TciaConfig) -> str:
+    if config.verify_md5:
+        query = urllib.parse.urlencode({"SeriesInstanceUID": series_uid})
+        return urllib.parse.urljoin(config.base_url, f"getImageWithMD5Hash?{query}")
+    query = urllib.parse.urlencode({"NewFileNames": "Yes", "SeriesInstanceUID": series_uid})
+    return urllib.parse.urljoin(config.base_url, f"getImage?{query}")
+
+
+def _series_cache_dir(config: TciaConfig, series_uid: str) -> str:
+    if "/" in series_uid or "\\" in series_uid or series_uid in ("", ".", ".."):
+        raise ArchiveError("bad_series_uid", f"{series_uid!r} is not a SeriesInstanceUID")
+    root = config.cache_dir if "://" in config.cache_dir else os.path.expanduser(config.cache_dir)
+    return FileSystems.join(root.rstrip("/"), series_uid)
+
+
+def cached_series(record: SeriesRecord, config: TciaConfig) -> list[str] | None:
+    """Paths of a completely cached series, or None when it must be downloaded."""
+    directory = _series_cache_dir(config, record.series_uid)
+    marker = FileSystems.join(directory, COMPLETE_MARKER)
+    if not FileSystems.exists(marker):
+        return None
+    with FileSystems.open(marker, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        entry = json.loads(handle.read())
+    paths = [FileSystems.join(directory, *item["name"].split("/")) for item in entry["files"]]
+    if "://" not in directory and not all(os.path.isfile(path) for path in paths):
+        LOG.warning("cache entry %s lists files that are gone; downloading the series again", directory)
+        return None
+    return paths
+
+
+def _download(response: http.client.HTTPResponse, zip_path: str, config: TciaConfig) -> None:
+    """Streams the body to `zip_path`; damaged or short bodies raise _Retry."""
+    declared = response.headers.get("Content-Length")
+    if declared and declared.isdigit() and int(declared) > config.max_zip_bytes:
+        raise ArchiveError("zip_too_large", f"{response.url} announces {declared} bytes, more than "
+                                            f"max_zip_bytes={config.max_zip_bytes}")
+    started, size = time.monotonic(), 0
+    with open(zip_path, "wb") as sink:
+        while chunk := response.read(CHUNK_BYTES):
+            size += len(chunk)
+            if size > config.max_zip_bytes:
+                raise ArchiveError("zip_too_large", f"{response.url} sent more than max_zip_bytes={config.max_zip_bytes}")
+            if time.monotonic() - started > config.max_download_s:
+                raise _Retry("timeout", f"{response.url} took longer than max_download_s={config.max_download_s}")
+            sink.write(chunk)
+    if declared and declared.isdigit() and size != int(declared):
+        raise _Retry("incomplete_series", f"{response.url} sent {size} of {declared} bytes")
+
+
+def _md5_manifest(path: str, url: str) -> dict[str, str]:
+    """{member name: md5 hex} from the archive's md5hashes.csv (columns Filename, MD5Hash)."""
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        rows = list(csv.reader(handle))
+    header = [cell.strip().lower() for cell in rows[0]] if rows else []
+    if "filename" not in header or "md5hash" not in header:
+        raise ArchiveError("md5_mismatch", f"{url}: {MD5_MANIFEST} lacks the Filename and MD5Hash columns (header {header})")
+    name_at, md5_at = header.index("filename"), header.index("md5hash")
+    expected = {}
+    for row in rows[1:]:
+        if len(row) > max(name_at, md5_at) and row[name_at].strip():
+            expected[safe_member_name(row[name_at].strip(), f"{url}: {MD5_MANIFEST}")] = row[md5_at].strip().lower()
+    return expected
+
+
+def _verify(files: list[ExtractedFile], scratch: str, record: SeriesRecord, config: TciaConfig, url: str) -> list[ExtractedFile]:
+    """The series files (manifest removed), checked against md5hashes.csv and the image count."""
+    series_files = [f for f in files if f.name != MD5_MANIFEST]
+    if config.verify_md5:
+        manifest = next((f for f in files if f.name == MD5_MANIFEST), None)
+        if manifest is None:
+            raise _Retry("incomplete_series", f"{url}: the zip has no {MD5_MANIFEST} (download cut short)")
+        expected = _md5_manifest(os.path.join(scratch, MD5_MANIFEST), url)
+        actual = {f.name: f.md5 for f in series_files}
+        missing = sorted(set(expected) - set(actual))
+        if missing:
+            raise _Retry("incomplete_series",
+                         f"{url}: {len(missing)} files listed in {MD5_MANIFEST} are missing, e.g. {missing[0]}")
+        wrong = sorted(name for name, md5 in expected.items() if actual[name] != md5)
+        if wrong:
+            raise _Retry("md5_mismatch", f"{url}: {len(wrong)} files differ from their published MD5, e.g. {wrong[0]}")
+    if len(series_files) < record.image_count:
+        raise _Retry("incomplete_series", f"{url}: {len(series_files)} files, the listing says {record.image_count}")
+    return series_files
+
+
+def _publish(series_files: list[ExtractedFile], scratch: str, directory: str, record: SeriesRecord, url: str) -> list[str]:
+    """Moves (local) or uploads (remote) the files into the cache, then writes the marker."""
+    paths = []
+    for item in series_files:
+        source = os.path.join(scratch, *item.name.split("/"))
+        target = FileSystems.join(directory, *item.name.split("/"))
+        if "://" in directory:
+            with open(source, "rb") as reader, FileSystems.create(
+                    target, compression_type=CompressionTypes.UNCOMPRESSED) as writer:
+                shutil.copyfileobj(reader, writer, CHUNK_BYTES)
+        else:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.move(source, target)
+        paths.append(target)
+    marker = {"series_uid": record.series_uid, "collection": record.collection, "source": url,
+              "files": [dataclasses.asdict(item) for item in series_files]}
+    marker_path = FileSystems.join(directory, COMPLETE_MARKER)
+    if "://" not in directory:
+        os.makedirs(directory, exist_ok=True)
+        partial = f"{marker_path}.{uuid.uuid4().hex}.tmp"
+        with open(partial, "w", encoding="utf-8") as handle:
+            json.dump(marker, handle, indent=1)
+        os.replace(partial, marker_path)
+    else:
+        with FileSystems.create(marker_path, compression_type=CompressionTypes.UNCOMPRESSED) as writer:
+            writer.write(json.dumps(marker, indent=1).encode("utf-8"))
+    return paths
+
+
+def fetch_series(record: SeriesRecord, config: TciaConfig) -> list[str]:
+    """Paths (under `cache_dir`, local or gs://) of the series' extracted files, downloading it
+    unless the cache holds it complete. The files are as the archive sent them: the pipeline
+    decides which ones are CT slices.
+
+    Raises ArchiveError (see the module docstring) when the series cannot be had.
+    """
+    config.validate()
+    cached = cached_series(record, config)
+    if cached is not None:
+        return cached
+    work_root = config.work_dir or os.path.join(tempfile.gettempdir(), "ctdeblur-tcia")
+    os.makedirs(work_root, exist_ok=True)
+    url = _image_url(record.series_uid, config)
+    directory = _series_cache_dir(config, record.series_uid)
+
+    def download_and_extract(response: http.client.HTTPResponse) -> list[str]:
+        scratch = tempfile.mkdtemp(prefix=f"{hashlib.sha1(record.series_uid.encode()).hexdigest()[:12]}-", dir=work_root)
+        try:
+            zip_path = os.path.join(scratch, f"{record.series_uid}.zip")
+            _download(response, zip_path, config)
+            extracted_dir = os.path.join(scratch, "files")
+            try:
+                files = extract_zip(zip_path, extracted_dir, config.zip_limits)
+            except ArchiveError as error:
+                if error.reason == "bad_zip":
+                    raise _Retry("bad_zip", f"{url}: {error.detail}") from error
+                raise
+            os.remove(zip_path)
+            series_files = _verify(files, extracted_dir, record, config, url)
+            return _publish(series_files, extracted_dir, directory, record, url)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    return _with_retries(url, config, download_and_extract)
