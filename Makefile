@@ -19,13 +19,16 @@ $(VENV)/.installed: constraints.txt setup.py
 
 demo: venv
 	$(BIN)/ctdeblur-make-dataset --preset demo --source phantom --source pydicom-samples \
-		--output $(DEMO_DIR) --direct_num_workers 2 --direct_running_mode multi_processing
+		--output $(DEMO_DIR) --overwrite --direct_num_workers 2 --direct_running_mode multi_processing
+	$(BIN)/ctdeblur-shard-stats $(DEMO_DIR) --json $(DEMO_DIR)/shard_stats.json --html $(DEMO_DIR)/shard_stats.html
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: venv
 	$(BIN)/python bench/pipeline_throughput.py
+	$(BIN)/python bench/shard_stats_throughput.py
+	$(BIN)/python bench/projection_throughput.py --slices 16 --rounds 4
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

@@ -1,108 +1,134 @@
-"""`StatsConfig`: what the shard-statistics pass measures and how, with named presets."""
+"""`StatsConfig`: what the shard-statistics pass measures and how, from presets, YAML and flags.
+
+Precedence: named preset (default `paper`) < YAML file (`--config`) < flags. Every field carries
+its help text (with units) in its metadata and has a flag of the same name, so `--help`
+documents each of them.
+"""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
+import typing
 from typing import Any, Mapping
 
 import yaml
 
 
+def _field(default: Any, help: str) -> Any:
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 @dataclasses.dataclass(frozen=True)
 class StatsConfig:
-    """Settings of `ctdeblur-shard-stats`; defaults follow the evaluation protocol in DESIGN.md.
+    """Settings of `ctdeblur-shard-stats`; the defaults follow the evaluation protocol of DESIGN.md
+    (PSNR/SSIM on HU clipped to [-1000, 1000], data_range = window width = 2000 HU; SSIM of Wang
+    et al. with an 11-tap Gaussian window, sigma 1.5 px, K1 0.01, K2 0.03)."""
 
-    window_hu: (low, high) HU window, integers; sharp and blurry are clipped to it before PSNR and
-        SSIM, and data_range = high - low (2000 HU by default).
-    ssim_filter_size, ssim_sigma, ssim_k1, ssim_k2: SSIM of Wang et al. (Gaussian window of
-        `ssim_filter_size` pixels, sigma in pixels), averaged over the valid region
-        [H - size + 1, W - size + 1].
-    hu_percentiles: percentiles (0..100) of all sharp and all blurry pixels reported per group.
-    examples: example pairs shown in the HTML report.
-    display_window_hu: (low, high) HU window of the example images in the HTML report.
-    hu_histogram_range_hu, hu_histogram_bin_hu: range and bin width (HU) of the HTML HU histogram.
-    parallel_calls: records decoded and measured at once per shard; -1 lets tf.data tune it.
-    max_decode_errors_per_shard: undecodable records reported in one shard before the rest of
-        that shard is skipped (a shard of a foreign format would otherwise be re-read per record).
-    """
-
-    window_hu: tuple[int, int] = (-1000, 1000)
-    ssim_filter_size: int = 11
-    ssim_sigma: float = 1.5
-    ssim_k1: float = 0.01
-    ssim_k2: float = 0.03
-    hu_percentiles: tuple[float, ...] = (1.0, 5.0, 50.0, 95.0, 99.0)
-    examples: int = 8
-    display_window_hu: tuple[int, int] = (-1000, 1000)
-    hu_histogram_range_hu: tuple[int, int] = (-1024, 3071)
-    hu_histogram_bin_hu: int = 16
-    parallel_calls: int = -1
-    max_decode_errors_per_shard: int = 10
+    window_hu: tuple[int, ...] = _field((-1000, 1000), "HU window for PSNR and SSIM; data_range = HIGH - LOW")
+    ssim_filter_size: int = _field(11, "SSIM Gaussian window size (pixels, odd)")
+    ssim_sigma: float = _field(1.5, "SSIM Gaussian window standard deviation (pixels)")
+    ssim_k1: float = _field(0.01, "SSIM K1 (luminance constant, fraction of data_range)")
+    ssim_k2: float = _field(0.03, "SSIM K2 (contrast constant, fraction of data_range)")
+    hu_percentiles: tuple[float, ...] = _field((1.0, 5.0, 50.0, 95.0, 99.0), "percentiles (0..100) of all sharp and all blurry pixels")
+    image_stride: int = _field(1, "measure HU percentiles, PSNR and SSIM on records 0, n, 2n, ... of each shard (1 = every record); counts always cover every record")
+    examples: int = _field(8, "example pairs (sharp | blurry | PSF) in the --html report")
+    display_window_hu: tuple[int, ...] = _field((-1000, 1000), "HU window of the example images in the --html report")
+    hu_histogram_range_hu: tuple[int, ...] = _field((-1024, 3071), "range of the HU histogram in the --html report (outside values go to the edge bins)")
+    hu_histogram_bin_hu: int = _field(16, "bin width of the HU histogram in the --html report (HU)")
+    parallel_calls: int = _field(-1, "records decoded and measured at once; -1 lets tf.data tune it")
+    max_decode_errors_per_shard: int = _field(10, "undecodable records reported per shard before the rest of that shard is skipped")
 
     def __post_init__(self) -> None:
         for name in ("window_hu", "display_window_hu", "hu_histogram_range_hu"):
-            low, high = getattr(self, name)
-            if int(low) != low or int(high) != high or not low < high:
-                raise ValueError(f"{name} must be two integers low < high (HU), got {getattr(self, name)}")
-            object.__setattr__(self, name, (int(low), int(high)))
+            value = tuple(getattr(self, name))
+            if len(value) != 2 or any(int(v) != v for v in value) or not value[0] < value[1]:
+                raise ValueError(f"{name} must be two integers LOW < HIGH (HU), got {getattr(self, name)}")
+            object.__setattr__(self, name, (int(value[0]), int(value[1])))
         if self.ssim_filter_size < 1 or self.ssim_filter_size % 2 == 0:
             raise ValueError(f"ssim_filter_size must be a positive odd number of pixels, got {self.ssim_filter_size}")
         if not self.ssim_sigma > 0:
             raise ValueError(f"ssim_sigma must be > 0 pixels, got {self.ssim_sigma}")
-        if not self.hu_percentiles or any(not 0 <= q <= 100 or math.isnan(q) for q in self.hu_percentiles):
+        percentiles = tuple(float(q) for q in self.hu_percentiles)
+        if not percentiles or any(math.isnan(q) or not 0 <= q <= 100 for q in percentiles):
             raise ValueError(f"hu_percentiles must be values in [0, 100], got {self.hu_percentiles}")
-        object.__setattr__(self, "hu_percentiles", tuple(float(q) for q in self.hu_percentiles))
-        if self.examples < 0:
-            raise ValueError(f"examples must be >= 0, got {self.examples}")
-        if self.hu_histogram_bin_hu < 1:
-            raise ValueError(f"hu_histogram_bin_hu must be >= 1 HU, got {self.hu_histogram_bin_hu}")
-        if self.parallel_calls == 0 or self.parallel_calls < -1:
-            raise ValueError(f"parallel_calls must be -1 (autotune) or >= 1, got {self.parallel_calls}")
-        if self.max_decode_errors_per_shard < 1:
-            raise ValueError(f"max_decode_errors_per_shard must be >= 1, got {self.max_decode_errors_per_shard}")
+        object.__setattr__(self, "hu_percentiles", percentiles)
+        checks = {
+            "image_stride": self.image_stride >= 1,
+            "examples": self.examples >= 0,
+            "hu_histogram_bin_hu": self.hu_histogram_bin_hu >= 1,
+            "parallel_calls": self.parallel_calls == -1 or self.parallel_calls >= 1,
+            "max_decode_errors_per_shard": self.max_decode_errors_per_shard >= 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"{name}={getattr(self, name)} is out of range: {_help(name)}")
 
     @property
     def data_range(self) -> int:
-        """Width of `window_hu` in HU: the SSIM/PSNR data_range."""
+        """Width of `window_hu` in HU: the PSNR/SSIM data_range."""
         return self.window_hu[1] - self.window_hu[0]
 
-    def replace(self, **changes: Any) -> "StatsConfig":
-        """A copy with `changes` applied (validated like the constructor)."""
-        return dataclasses.replace(self, **changes)
+
+def _help(name: str) -> str:
+    return next(f.metadata["help"] for f in dataclasses.fields(StatsConfig) if f.name == name)
 
 
-PRESETS: Mapping[str, StatsConfig] = {
-    "paper": StatsConfig(),
-    "full-range": StatsConfig(window_hu=(-1024, 3071)),
+PRESETS: Mapping[str, Mapping[str, Any]] = {
+    "paper": {},
+    "full-range": {"window_hu": (-1024, 3071)},
 }
-"""`paper`: window [-1000, 1000] HU (protocol default); `full-range`: [-1024, 3071] HU."""
+"""`paper`: the evaluation protocol's default window [-1000, 1000] HU; `full-range`: PSNR and SSIM
+over [-1024, 3071] HU (data_range 4095), the protocol's second window."""
 
-_TUPLE_FIELDS = {"window_hu", "display_window_hu", "hu_histogram_range_hu", "hu_percentiles"}
 
-
-def config_from_mapping(values: Mapping[str, Any], base: StatsConfig, source: str) -> StatsConfig:
-    """`base` with the fields in `values` replaced; `source` names the origin in error messages."""
-    known = {field.name for field in dataclasses.fields(StatsConfig)}
+def config_from_dict(values: Mapping[str, Any], where: str = "config") -> StatsConfig:
+    """A validated config from a (possibly partial) mapping over the paper defaults; `where`
+    names the origin of `values` in error messages."""
+    known = {f.name for f in dataclasses.fields(StatsConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"{source}: unknown StatsConfig field(s) {unknown}; known fields: {sorted(known)}")
-    changes = {name: tuple(value) if name in _TUPLE_FIELDS else value for name, value in values.items()}
+        raise ValueError(f"unknown setting(s) {unknown} in {where}; known: {sorted(known)}")
+    changes = {name: tuple(value) if isinstance(value, list) else value for name, value in values.items()}
     try:
-        return base.replace(**changes)
+        return StatsConfig(**changes)
     except (TypeError, ValueError) as error:
-        raise ValueError(f"{source}: {error}") from error
+        raise ValueError(f"{where}: {error}") from error
 
 
-def load_config(preset: str = "paper", yaml_path: str | None = None, **overrides: Any) -> StatsConfig:
-    """The preset `preset`, then fields from the YAML file `yaml_path`, then `overrides`."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    config = PRESETS[preset]
-    if yaml_path is not None:
-        with open(yaml_path, encoding="utf-8") as handle:
-            values = yaml.safe_load(handle) or {}
-        if not isinstance(values, dict):
-            raise ValueError(f"{yaml_path}: expected a mapping of StatsConfig fields, got {type(values).__name__}")
-        config = config_from_mapping(values, config, yaml_path)
-    return config_from_mapping(overrides, config, "command line") if overrides else config
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """Adds --preset, --config and one flag per setting (default: unset, i.e. preset/YAML value)."""
+    group = parser.add_argument_group("statistics settings (preset < --config YAML < these flags)")
+    group.add_argument("--preset", choices=sorted(PRESETS), default="paper",
+                       help="named settings: paper (window [-1000, 1000] HU), full-range (window [-1024, 3071] HU)")
+    group.add_argument("--config", metavar="YAML", help="YAML file with settings by name")
+    defaults = StatsConfig()
+    hints = typing.get_type_hints(StatsConfig)
+    for f in dataclasses.fields(StatsConfig):
+        help_text = f"{f.metadata['help']} (default: {getattr(defaults, f.name)})"
+        if typing.get_origin(hints[f.name]) is tuple:
+            element = typing.get_args(hints[f.name])[0]
+            nargs = 2 if f.name.endswith("_hu") else "+"
+            metavar = ("LOW", "HIGH") if nargs == 2 else None
+            group.add_argument(f"--{f.name}", type=element, nargs=nargs, metavar=metavar or "Q", default=None, help=help_text)
+        else:
+            metavar = "N" if hints[f.name] is int else "X"
+            group.add_argument(f"--{f.name}", type=hints[f.name], metavar=metavar, default=None, help=help_text)
+
+
+def config_from_args(args: argparse.Namespace) -> StatsConfig:
+    """The config named by --preset, updated by the --config YAML, then by explicit flags."""
+    values: dict[str, Any] = dict(PRESETS[args.preset])
+    if args.config:
+        with open(args.config, encoding="utf-8") as handle:
+            loaded = yaml.safe_load(handle) or {}
+        if not isinstance(loaded, Mapping):
+            raise ValueError(f"{args.config} must hold a YAML mapping of settings")
+        config_from_dict(loaded, args.config)
+        values.update(loaded)
+    for f in dataclasses.fields(StatsConfig):
+        value = getattr(args, f.name)
+        if value is not None:
+            values[f.name] = value
+    return config_from_dict(values, "settings")

@@ -6,6 +6,7 @@ The per-pair functions take int16 HU images `[H, W]` and a float32 PSF `[k, k]` 
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -16,9 +17,6 @@ HU_OFFSET = 32768
 """Histogram bin `i` counts the HU value `i - HU_OFFSET`."""
 HU_BINS = 65536
 """One bin per int16 HU value, so percentiles computed from histograms are exact."""
-SSIM_STRIPS = 4
-"""Horizontal strips an image is cut into for SSIM filtering: 4 strips x 4 moment maps = 16
-channels, one AVX-512 register of float32, which is what makes the depthwise convolution fast."""
 
 
 def hu_histogram(hu: tf.Tensor) -> tf.Tensor:
@@ -27,13 +25,23 @@ def hu_histogram(hu: tf.Tensor) -> tf.Tensor:
     return tf.math.bincount(values, minlength=HU_BINS, maxlength=HU_BINS, dtype=tf.int32)
 
 
+@functools.lru_cache(maxsize=None)
+def _squared_error_function(window_hu: tuple[int, int]):
+    low, high = window_hu
+
+    @tf.function(jit_compile=True)
+    def squared_error(sharp_hu: tf.Tensor, blurry_hu: tf.Tensor) -> tf.Tensor:
+        sharp = tf.clip_by_value(tf.cast(sharp_hu, tf.int64), low, high)
+        blurry = tf.clip_by_value(tf.cast(blurry_hu, tf.int64), low, high)
+        difference = sharp - blurry
+        return tf.reduce_sum(difference * difference)
+
+    return squared_error
+
+
 def squared_error_sum(sharp_hu: tf.Tensor, blurry_hu: tf.Tensor, window_hu: tuple[int, int]) -> tf.Tensor:
     """Exact sum of squared differences (HU^2, int64) of two int16 [H, W] images clipped to `window_hu`."""
-    low, high = window_hu
-    sharp = tf.clip_by_value(tf.cast(sharp_hu, tf.int64), low, high)
-    blurry = tf.clip_by_value(tf.cast(blurry_hu, tf.int64), low, high)
-    difference = sharp - blurry
-    return tf.reduce_sum(difference * difference)
+    return _squared_error_function((int(window_hu[0]), int(window_hu[1])))(sharp_hu, blurry_hu)
 
 
 def gaussian_window(size: int, sigma: float) -> np.ndarray:
@@ -41,6 +49,59 @@ def gaussian_window(size: int, sigma: float) -> np.ndarray:
     offsets = np.arange(size, dtype=np.float64) - (size - 1) / 2
     weights = np.exp(-(offsets**2) / (2.0 * sigma**2))
     return (weights / weights.sum()).astype(np.float32)
+
+
+def _shifted_sum(values: tf.Tensor, taps: tuple[float, ...], axis: int) -> tf.Tensor:
+    """Valid 1-D correlation of `values` with `taps` along `axis` (length shrinks by len(taps) - 1)."""
+    length = tf.shape(values)[axis] - (len(taps) - 1)
+    total = None
+    for offset, weight in enumerate(taps):
+        begin = [0] * values.shape.rank
+        size = [-1] * values.shape.rank
+        begin[axis], size[axis] = offset, length
+        term = weight * tf.slice(values, begin, size)
+        total = term if total is None else total + term
+    return total
+
+
+@functools.lru_cache(maxsize=None)
+def _ssim_function(window_hu: tuple[int, int], filter_size: int, sigma: float, k1: float, k2: float):
+    """SSIM as two XLA-compiled passes (rows, then columns + SSIM map + mean).
+
+    XLA fuses the element-wise work of each pass into one loop over the image; keeping the passes
+    apart makes the row-filtered moments be computed once instead of once per column tap.
+    """
+    low, high = window_hu
+    data_range = float(high - low)
+    taps = tuple(float(weight) for weight in gaussian_window(filter_size, sigma))
+    c1, c2 = k1 * k1, k2 * k2
+
+    @tf.function(jit_compile=True)
+    def filter_rows(sharp_hu: tf.Tensor, blurry_hu: tf.Tensor) -> tf.Tensor:
+        x = tf.clip_by_value(tf.cast(sharp_hu, tf.float32), low, high) / data_range
+        y = tf.clip_by_value(tf.cast(blurry_hu, tf.float32), low, high) / data_range
+        moments = tf.stack([x, y, x * x + y * y, x * y])
+        return _shifted_sum(moments, taps, axis=1)
+
+    @tf.function(jit_compile=True)
+    def filter_columns_mean(row_filtered: tf.Tensor) -> tf.Tensor:
+        mu_x, mu_y, mean_square_sum, mean_product = tf.unstack(_shifted_sum(row_filtered, taps, axis=2), num=4)
+        mu_product = mu_x * mu_y
+        mu_square_sum = mu_x * mu_x + mu_y * mu_y
+        ssim_map = ((2.0 * mu_product + c1) * (2.0 * (mean_product - mu_product) + c2)) / (
+            (mu_square_sum + c1) * (mean_square_sum - mu_square_sum + c2)
+        )
+        return tf.reduce_mean(tf.cast(ssim_map, tf.float64))
+
+    def ssim(sharp_hu: tf.Tensor, blurry_hu: tf.Tensor) -> tf.Tensor:
+        fits = tf.reduce_all(tf.shape(sharp_hu) >= filter_size)
+        return tf.cond(
+            fits,
+            lambda: filter_columns_mean(filter_rows(sharp_hu, blurry_hu)),
+            lambda: tf.constant(np.nan, tf.float64),
+        )
+
+    return ssim
 
 
 def ssim_hu(
@@ -60,41 +121,8 @@ def ssim_hu(
     `skimage.metrics.structural_similarity(gaussian_weights=True, use_sample_covariance=False)`
     and `tf.image.ssim`). NaN if an image is smaller than the window.
     """
-    low, high = window_hu
-    data_range = float(high - low)
-    x = tf.clip_by_value(tf.cast(sharp_hu, tf.float32), low, high) / data_range
-    y = tf.clip_by_value(tf.cast(blurry_hu, tf.float32), low, high) / data_range
-    moments = tf.stack([x, y, x * x + y * y, x * y], axis=-1)
-
-    margin = filter_size - 1
-    height, width = tf.shape(x)[0], tf.shape(x)[1]
-    valid_height, valid_width = height - margin, width - margin
-    rows = tf.maximum((valid_height + SSIM_STRIPS - 1) // SSIM_STRIPS, 1)
-    padded_width = tf.maximum(width, filter_size)
-    moments = tf.pad(moments, [[0, SSIM_STRIPS * rows + margin - height], [0, padded_width - width], [0, 0]])
-    strips = tf.signal.frame(moments, rows + margin, rows, axis=0)
-    channels = SSIM_STRIPS * 4
-    stacked = tf.reshape(tf.transpose(strips, [1, 2, 0, 3]), [1, rows + margin, padded_width, channels])
-
-    taps = gaussian_window(filter_size, sigma)
-    along_rows = tf.constant(np.tile(taps.reshape(filter_size, 1, 1, 1), (1, 1, channels, 1)))
-    along_cols = tf.constant(np.tile(taps.reshape(1, filter_size, 1, 1), (1, 1, channels, 1)))
-    local = tf.nn.depthwise_conv2d(stacked, along_rows, [1, 1, 1, 1], "VALID")
-    local = tf.nn.depthwise_conv2d(local, along_cols, [1, 1, 1, 1], "VALID")
-    local = tf.reshape(local[0], [rows, padded_width - margin, SSIM_STRIPS, 4])
-    mu_x, mu_y, mean_square_sum, mean_product = tf.unstack(local, axis=-1)
-
-    c1, c2 = k1 * k1, k2 * k2
-    mu_product = mu_x * mu_y
-    mu_square_sum = mu_x * mu_x + mu_y * mu_y
-    ssim_map = ((2.0 * mu_product + c1) * (2.0 * (mean_product - mu_product) + c2)) / (
-        (mu_square_sum + c1) * (mean_square_sum - mu_square_sum + c2)
-    )
-    output_row = tf.range(rows)[:, None] + rows * tf.range(SSIM_STRIPS)[None, :]
-    valid = (output_row[:, None, :] < valid_height) & (tf.range(padded_width - margin)[None, :, None] < valid_width)
-    total = tf.reduce_sum(tf.where(valid, tf.cast(ssim_map, tf.float64), 0.0))
-    pixels = tf.cast(tf.maximum(valid_height, 0) * tf.maximum(valid_width, 0), tf.float64)
-    return total / pixels
+    window = (int(window_hu[0]), int(window_hu[1]))
+    return _ssim_function(window, int(filter_size), float(sigma), float(k1), float(k2))(sharp_hu, blurry_hu)
 
 
 def psf_extent_px(psf: tf.Tensor) -> tf.Tensor:

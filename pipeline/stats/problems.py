@@ -46,10 +46,3 @@ class Problem:
         if self.patient_keys:
             result["patient_keys"] = list(self.patient_keys)
         return result
-
-    def line(self) -> str:
-        """One terminal line: `kind file[record i]: message`."""
-        where = self.file or self.split or ""
-        if self.record_index is not None:
-            where += f" record {self.record_index}"
-        return f"{self.kind:<18} {where + ': ' if where else ''}{self.message}"

@@ -1,17 +1,18 @@
-"""Reading a dataset directory: shard discovery, the manifest, and the tf.data pass per shard.
+"""Reading a dataset directory: shard discovery, the manifest, and the tf.data pass over shards.
 
 Shards are read with `tf.data.TFRecordDataset` and parsed with the schema's
-`parse_pair_tensors`; every record is measured inside the tf.data map (parallel, no Python per
-pixel), and only scalars and HU histograms come back to Python.
+`parse_pair_tensors`; every record is measured inside the tf.data map (in parallel, no Python
+per pixel), and only scalars and HU histograms come back to Python.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import posixpath
 import re
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -35,7 +36,7 @@ from tfrecords_schema import (
 SHARD_FILE = re.compile(r"pairs-(\d+)-of-(\d+)\.tfrecord(\.gz)?")
 SPLIT_DIRECTORY = re.compile(r"test|train-(\d+)")
 _READ_BUFFER_BYTES = 8 << 20
-_STRING_COLUMNS = ("patient_key", "series_uid", "collection", "source_kind", "split")
+_STRING_COLUMNS = ("patient_key", "series_uid", "collection", "source_kind", "split", "blur_model")
 
 
 class DatasetError(Exception):
@@ -85,7 +86,11 @@ def find_shards(root: str) -> tuple[list[Shard], list[Problem]]:
     if not tf.io.gfile.isdir(root):
         raise DatasetError(f"{root} is not a directory; give the dataset directory the pipeline wrote")
     directories = sorted(
-        (entry.rstrip("/") for entry in tf.io.gfile.listdir(root) if SPLIT_DIRECTORY.fullmatch(entry.rstrip("/"))),
+        (
+            entry.rstrip("/")
+            for entry in tf.io.gfile.listdir(root)
+            if SPLIT_DIRECTORY.fullmatch(entry.rstrip("/")) and tf.io.gfile.isdir(posixpath.join(root, entry))
+        ),
         key=directory_order,
     )
     shards: list[Shard] = []
@@ -150,36 +155,145 @@ def read_manifest(root: str) -> tuple[dict[str, Any] | None, list[Problem]]:
     return manifest, []
 
 
-def measure_record(record: tf.Tensor, config: StatsConfig) -> dict[str, tf.Tensor]:
-    """tf.data map function: one serialised pair -> its `COLUMNS` (except record_index) and the
-    int32 [65536] HU histograms `sharp_histogram`, `blurry_histogram`."""
+def measure_record(index: tf.Tensor, record: tf.Tensor, config: StatsConfig) -> dict[str, tf.Tensor]:
+    """tf.data map function: record `index` of a shard -> its `COLUMNS` (except record_index) and
+    the int32 [65536] HU histograms `sharp_histogram`, `blurry_histogram`.
+
+    Records whose index is not a multiple of `config.image_stride` skip the image measurements:
+    `image_measured` is False, squared_error_sum -1, ssim NaN and the histograms empty.
+    """
     pair = parse_pair_tensors(record)
     sharp, blurry = pair["sharp_hu"], pair["blurry_hu"]
     measured = {name: pair[name] for name in (*_STRING_COLUMNS, "subdataset", "height", "width")}
     measured.update(
         psf_extent_px=psf_extent_px(pair["psf"]),
         trajectory_length_px=pair["motion/length_px"],
-        squared_error_sum=squared_error_sum(sharp, blurry, config.window_hu),
-        ssim=ssim_hu(
-            sharp, blurry, config.window_hu, config.ssim_filter_size, config.ssim_sigma, config.ssim_k1, config.ssim_k2
-        ),
-        sharp_histogram=hu_histogram(sharp),
-        blurry_histogram=hu_histogram(blurry),
+        translation_extent_mm=pair["projection/translation_extent_mm"],
+        rotation_extent_deg=pair["projection/rotation_extent_deg"],
     )
+
+    def images() -> dict[str, tf.Tensor]:
+        return {
+            "image_measured": tf.constant(True),
+            "squared_error_sum": squared_error_sum(sharp, blurry, config.window_hu),
+            "ssim": ssim_hu(
+                sharp, blurry, config.window_hu, config.ssim_filter_size, config.ssim_sigma, config.ssim_k1, config.ssim_k2
+            ),
+            "sharp_histogram": hu_histogram(sharp),
+            "blurry_histogram": hu_histogram(blurry),
+        }
+
+    def skipped() -> dict[str, tf.Tensor]:
+        return {
+            "image_measured": tf.constant(False),
+            "squared_error_sum": tf.constant(-1, tf.int64),
+            "ssim": tf.constant(np.nan, tf.float64),
+            "sharp_histogram": tf.zeros([0], tf.int32),
+            "blurry_histogram": tf.zeros([0], tf.int32),
+        }
+
+    if config.image_stride == 1:
+        measured.update(images())
+    else:
+        measured.update(tf.cond(index % config.image_stride == 0, images, skipped))
     return measured
 
 
-def shard_dataset(path: str, compression: str, config: StatsConfig) -> tf.data.Dataset:
-    """(record index, `measure_record` output) for every record of one shard file, in order."""
-    records = tf.data.TFRecordDataset(
-        path, compression_type=tf_compression_type(compression), buffer_size=_READ_BUFFER_BYTES
-    )
-    measured = records.enumerate().map(
-        lambda index, record: (index, measure_record(record, config)),
-        num_parallel_calls=config.parallel_calls,
-        deterministic=True,
+@functools.lru_cache(maxsize=None)
+def _measure_function(config: StatsConfig):
+    """`measure_record` for `config` on (shard number, record index, record), traced once."""
+
+    @tf.function(input_signature=[tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.string)])
+    def measure(shard_number: tf.Tensor, index: tf.Tensor, record: tf.Tensor):
+        return shard_number, index, measure_record(index, record, config)
+
+    return measure
+
+
+def measured_records(root: str, shards: Sequence[Shard], config: StatsConfig) -> tf.data.Dataset:
+    """(shard number, record index, `measure_record` output) for every record of `shards`, in
+    order: one tf.data pipeline over all files, records measured `config.parallel_calls` at a
+    time. A failing record yields an error in its place and iteration goes on with the next
+    record (after a CRC error: with the next shard)."""
+    paths = [posixpath.join(root, shard.relative) for shard in shards]
+    compressions = [tf_compression_type(shard.compression) for shard in shards]
+
+    def records(shard_number: tf.Tensor, path: tf.Tensor, compression: tf.Tensor) -> tf.data.Dataset:
+        file_records = tf.data.TFRecordDataset(path, compression_type=compression, buffer_size=_READ_BUFFER_BYTES)
+        return file_records.enumerate().map(lambda index, record: (shard_number, index, record))
+
+    files = tf.data.Dataset.from_tensor_slices((tf.range(len(shards), dtype=tf.int64), paths, compressions))
+    measured = files.interleave(records, cycle_length=1).map(
+        _measure_function(config), num_parallel_calls=config.parallel_calls, deterministic=True
     )
     return measured.prefetch(tf.data.AUTOTUNE)
+
+
+class _ShardRows:
+    """Collects the measurements of one shard's records as they arrive."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, list] = {name: [] for name in COLUMNS}
+        self.sharp_histogram = np.zeros(HU_BINS, np.int64)
+        self.blurry_histogram = np.zeros(HU_BINS, np.int64)
+        self._strings: dict[bytes, str] = {}
+
+    def add(self, index: int, measured: dict[str, tf.Tensor]) -> None:
+        rows = self.rows
+        rows["record_index"].append(index)
+        for name in _STRING_COLUMNS:
+            raw = measured[name].numpy()
+            rows[name].append(self._strings.setdefault(raw, raw.decode("utf-8")))
+        for name in ("subdataset", "height", "width", "psf_extent_px", "squared_error_sum"):
+            rows[name].append(int(measured[name]))
+        for name in ("trajectory_length_px", "translation_extent_mm", "rotation_extent_deg", "ssim"):
+            rows[name].append(float(measured[name]))
+        rows["image_measured"].append(bool(measured["image_measured"]))
+        if rows["image_measured"][-1]:
+            self.sharp_histogram += measured["sharp_histogram"].numpy()
+            self.blurry_histogram += measured["blurry_histogram"].numpy()
+
+    def result(self, shard: Shard, found: Sequence[Problem] = (), complete: bool = True) -> ShardResult:
+        measurements = Measurements.from_rows(self.rows, self.sharp_histogram, self.blurry_histogram)
+        return ShardResult(shard, measurements, tuple(found), complete)
+
+
+def read_dataset(
+    root: str, shards: Sequence[Shard], config: StatsConfig, on_record: Callable[[], None] = lambda: None
+) -> list[ShardResult]:
+    """Measures every readable pair of `shards`, one result per shard, in order.
+
+    All shards go through one tf.data pipeline (`measured_records`). Shards near an error (from
+    the last good record before it to the next good record after it) are then read again one
+    by one with `read_shard`, which names each bad record. `on_record` is called once per record
+    of the first pass (for progress bars).
+    """
+    collected = [_ShardRows() for _ in shards]
+    suspects: set[int] = set()
+    last_good = 0
+    error_after: int | None = None
+    iterator = iter(measured_records(root, shards, config))
+    while True:
+        try:
+            shard_number, index, measured = next(iterator)
+        except StopIteration:
+            break
+        except tf.errors.OpError:
+            on_record()
+            error_after = last_good if error_after is None else error_after
+            continue
+        on_record()
+        last_good = int(shard_number)
+        if error_after is not None:
+            suspects.update(range(error_after, last_good + 1))
+            error_after = None
+        collected[last_good].add(int(index), measured)
+    if error_after is not None:
+        suspects.update(range(error_after, len(shards)))
+    return [
+        read_shard(root, shard, config) if number in suspects else collected[number].result(shard)
+        for number, shard in enumerate(shards)
+    ]
 
 
 def _tf_message(error: tf.errors.OpError) -> str:
@@ -208,43 +322,26 @@ def _undecodable(path: str, shard: Shard, index: int, error: tf.errors.OpError) 
     )
 
 
-def read_shard(root: str, shard: Shard, config: StatsConfig, on_record: Callable[[], None] = lambda: None) -> ShardResult:
-    """Measures every readable pair of `shard`; corrupt or undecodable records become problems.
+def read_shard(root: str, shard: Shard, config: StatsConfig) -> ShardResult:
+    """Measures every readable pair of one shard and names each corrupt or undecodable record.
 
-    A CRC or framing error ends the shard (TFRecord framing cannot be resynchronised); an
-    undecodable record is skipped, up to `config.max_decode_errors_per_shard` per shard.
-    `on_record` is called once per record read (for progress bars).
+    An undecodable record is skipped, up to `config.max_decode_errors_per_shard` per shard; any
+    other read error (CRC, truncation, gzip stream, file access) ends the shard, as TFRecord
+    framing cannot be resynchronised.
     """
     path = posixpath.join(root, shard.relative)
-    rows: dict[str, list] = {name: [] for name in COLUMNS}
-    sharp_histogram = np.zeros(HU_BINS, np.int64)
-    blurry_histogram = np.zeros(HU_BINS, np.int64)
-    strings: dict[bytes, str] = {}
+    collected = _ShardRows()
     found: list[Problem] = []
-    complete = True
     decode_errors = 0
     next_index = 0
-    iterator = iter(shard_dataset(path, shard.compression, config))
+    iterator = iter(measured_records(root, [shard], config))
     while True:
         try:
-            index, measured = next(iterator)
+            _, index, measured = next(iterator)
         except StopIteration:
-            break
-        except tf.errors.DataLossError as error:
-            found.append(
-                Problem(
-                    kinds.CORRUPT_RECORD,
-                    f"{_tf_message(error)}; records {next_index} and later of this shard were not read. "
-                    "Copy the shard again or re-run the pipeline",
-                    file=shard.relative,
-                    record_index=next_index,
-                )
-            )
-            complete = False
-            break
+            return collected.result(shard, found)
         except tf.errors.InvalidArgumentError as error:
             found.append(_undecodable(path, shard, next_index, error))
-            on_record()
             next_index += 1
             decode_errors += 1
             if decode_errors >= config.max_decode_errors_per_shard:
@@ -256,23 +353,21 @@ def read_shard(root: str, shard: Shard, config: StatsConfig, on_record: Callable
                         record_index=next_index,
                     )
                 )
-                complete = False
-                break
+                return collected.result(shard, found, complete=False)
             continue
-        on_record()
+        except tf.errors.OpError as error:
+            found.append(
+                Problem(
+                    kinds.CORRUPT_RECORD,
+                    f"{_tf_message(error)}; records {next_index} and later of this shard were not read. "
+                    "Copy the shard again or re-run the pipeline",
+                    file=shard.relative,
+                    record_index=next_index,
+                )
+            )
+            return collected.result(shard, found, complete=False)
         next_index = int(index) + 1
-        rows["record_index"].append(int(index))
-        for name in _STRING_COLUMNS:
-            raw = measured[name].numpy()
-            rows[name].append(strings.setdefault(raw, raw.decode("utf-8")))
-        for name in ("subdataset", "height", "width", "psf_extent_px", "squared_error_sum"):
-            rows[name].append(int(measured[name]))
-        rows["trajectory_length_px"].append(float(measured["trajectory_length_px"]))
-        rows["ssim"].append(float(measured["ssim"]))
-        sharp_histogram += measured["sharp_histogram"].numpy()
-        blurry_histogram += measured["blurry_histogram"].numpy()
-    measurements = Measurements.from_rows(rows, sharp_histogram, blurry_histogram)
-    return ShardResult(shard, measurements, tuple(found), complete)
+        collected.add(next_index - 1, measured)
 
 
 def read_pairs(root: str, shard: Shard, indices: Iterable[int]) -> dict[int, Pair]:

@@ -25,11 +25,20 @@ COLUMNS: Mapping[str, Any] = {
     "trajectory_length_px": np.float64,
     "squared_error_sum": np.int64,
     "ssim": np.float64,
+    "image_measured": bool,
+    "blur_model": object,
+    "translation_extent_mm": np.float64,
+    "rotation_extent_deg": np.float64,
 }
-"""One entry per pair. record_index: 0-based position in its shard; squared_error_sum: HU^2 inside
-the PSNR window; psf_extent_px, trajectory_length_px: pixels; ssim: mean SSIM inside the window."""
+"""One entry per pair. record_index: 0-based position in its shard; psf_extent_px,
+trajectory_length_px: pixels; image_measured: whether the image measurements were taken (see
+`StatsConfig.image_stride`); squared_error_sum: HU^2 inside the PSNR window (-1 if not measured);
+ssim: mean SSIM inside the window (NaN if not measured); blur_model: kernel | projection | none;
+translation_extent_mm, rotation_extent_deg: rigid-motion extents of projection-model pairs."""
 
 SYNTHETIC = "synthetic"
+KERNEL = "kernel"
+PROJECTION = "projection"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,13 +75,19 @@ class Measurements:
         return Measurements(columns, sharp, blurry)
 
     def psnr_db(self, data_range: float) -> np.ndarray:
-        """PSNR of each pair (dB, float64 [n]); inf where blurry equals sharp inside the window."""
+        """PSNR of each pair (dB, float64 [n]); inf where blurry equals sharp inside the window,
+        NaN where the images were not measured."""
         pixels = self.columns["height"] * self.columns["width"]
-        return psnr_db(self.columns["squared_error_sum"], pixels, data_range)
+        psnr = psnr_db(np.maximum(self.columns["squared_error_sum"], 0), pixels, data_range)
+        return np.where(self.columns["image_measured"], psnr, np.nan)
 
-    def synthetic(self) -> np.ndarray:
-        """Mask [n] of pairs whose blur was simulated with a PSF (source_kind synthetic)."""
-        return self.columns["source_kind"] == SYNTHETIC
+    def kernel_blurred(self) -> np.ndarray:
+        """Mask [n] of synthetic pairs blurred with a motion PSF (blur_model kernel)."""
+        return (self.columns["source_kind"] == SYNTHETIC) & (self.columns["blur_model"] == KERNEL)
+
+    def projection_blurred(self) -> np.ndarray:
+        """Mask [n] of pairs blurred by rigid motion during a simulated scan (blur_model projection)."""
+        return self.columns["blur_model"] == PROJECTION
 
 
 def _counts(values: np.ndarray) -> dict[str, int]:
@@ -92,13 +107,17 @@ def percentile_name(q: float) -> str:
 def summarise(measurements: Measurements, config: StatsConfig) -> dict[str, Any]:
     """The reported numbers of a group of pairs (JSON-ready).
 
-    pairs; distinct patients and series; pairs per collection, source kind and image size (HxW);
-    HU percentiles of sharp and blurry pixels; PSF extent and trajectory length (pixels) over
-    synthetic pairs; PSNR (dB) and SSIM inside `config.window_hu` as count/mean/std/min/p50/max
-    over finite values (`identical_pairs` counts pairs with infinite PSNR).
+    pairs; distinct patients and series; pairs per collection, source kind, blur model and image
+    size (HxW); PSF extent and trajectory length (pixels) over kernel-blurred synthetic pairs;
+    translation (mm) and rotation (degrees) extents over projection-blurred pairs; over the
+    `image_pairs` pairs whose images were measured: HU percentiles of all sharp and all blurry
+    pixels, PSNR (dB) and SSIM inside `config.window_hu`. Distributions are
+    count/mean/std/min/p50/max of the finite values (`identical_pairs` counts pairs with
+    infinite PSNR, i.e. blurry == sharp inside the window).
     """
     columns = measurements.columns
-    synthetic = measurements.synthetic()
+    kernel = measurements.kernel_blurred()
+    projection = measurements.projection_blurred()
     psnr = measurements.psnr_db(config.data_range)
     sizes = [f"{h}x{w}" for h, w in zip(columns["height"], columns["width"])]
     return {
@@ -107,11 +126,15 @@ def summarise(measurements: Measurements, config: StatsConfig) -> dict[str, Any]
         "series": len(set(columns["series_uid"])),
         "collections": _counts(columns["collection"]),
         "source_kinds": _counts(columns["source_kind"]),
+        "blur_models": _counts(columns["blur_model"]),
         "image_sizes": _counts(np.asarray(sizes, dtype=object)),
+        "image_pairs": int(columns["image_measured"].sum()),
         "sharp_hu_percentiles": _percentiles(measurements.sharp_histogram, config),
         "blurry_hu_percentiles": _percentiles(measurements.blurry_histogram, config),
-        "psf_extent_px": describe(columns["psf_extent_px"][synthetic]),
-        "trajectory_length_px": describe(columns["trajectory_length_px"][synthetic]),
+        "psf_extent_px": describe(columns["psf_extent_px"][kernel]),
+        "trajectory_length_px": describe(columns["trajectory_length_px"][kernel]),
+        "projection_translation_extent_mm": describe(columns["translation_extent_mm"][projection]),
+        "projection_rotation_extent_deg": describe(columns["rotation_extent_deg"][projection]),
         "psnr_db": {**describe(psnr), "identical_pairs": int(np.isposinf(psnr).sum())},
         "ssim": describe(columns["ssim"]),
     }

@@ -1,0 +1,131 @@
+"""`ctdeblur-shard-stats DIR [--json FILE] [--html FILE] [--examples N]`: inspect a dataset.
+
+Exit status: 0 when every shard reads cleanly, counts match manifest.json and no test patient
+is in train; 1 when any problem was found (the tables, JSON and HTML are still written);
+2 when the command could not run (bad flags, DIR not a dataset, output not writable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+
+from pipeline.stats.config import add_config_flags, config_from_args
+
+DESCRIPTION = """\
+Inspect a ctdeblur dataset before training on it. Reads every shard of DIR/test and DIR/train-N
+with tf.data, prints per split / sub-dataset / shard: pairs, patients, series, collections,
+source kinds, image sizes, HU percentiles of sharp and blurry, PSF extent and trajectory length,
+and PSNR/SSIM of blurry vs sharp (HU clipped to --window_hu, data_range = its width). Checks
+TFRecord CRCs, record decoding, the schema version, the counts in manifest.json and patient
+leakage between test and train."""
+
+EPILOG = """\
+exit status: 0 no problem found; 1 problems found (listed last, also in --json "errors");
+2 the command could not run (bad flags, DIR is not a dataset, an output cannot be written)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ctdeblur-shard-stats",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("dataset", metavar="DIR", help="dataset directory written by ctdeblur-make-dataset (holds manifest.json)")
+    parser.add_argument("--json", metavar="FILE", help="also write the statistics as JSON to FILE")
+    parser.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report (plots, example pairs) to FILE")
+    add_config_flags(parser)
+    return parser
+
+
+def _usage_error(message: str) -> int:
+    print(f"ctdeblur-shard-stats: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _check_output(path: str | None, flag: str) -> str | None:
+    if path is None:
+        return None
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        return f"{flag} {path}: directory {directory} does not exist; create it first"
+    if os.path.isdir(path):
+        return f"{flag} {path} is a directory; give a file name"
+    return None
+
+
+def _write(path: str, text: str, flag: str) -> str | None:
+    try:
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    except OSError as error:
+        return f"cannot write {flag} {path}: {error.strerror or error}"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except (ValueError, OSError) as error:
+        return _usage_error(str(error))
+    if args.examples is not None and not args.html:
+        return _usage_error("--examples sets the example pairs of the HTML report: add --html FILE")
+    for path, flag in ((args.json, "--json"), (args.html, "--html")):
+        problem = _check_output(path, flag)
+        if problem:
+            return _usage_error(problem)
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from tqdm import tqdm
+
+    from pipeline.stats.reader import DatasetError, find_shards, read_dataset, read_manifest, read_pairs
+    from pipeline.stats.report import choose_examples, collect, to_json
+    from pipeline.stats.report_text import render_text
+
+    root = args.dataset.rstrip("/") or "/"
+    try:
+        shards, early_problems = find_shards(root)
+    except DatasetError as error:
+        return _usage_error(str(error))
+    manifest, manifest_problems = read_manifest(root)
+    expected = _expected_pairs(manifest)
+    with tqdm(total=expected, unit="pair", desc="reading shards", file=sys.stderr, disable=None) as bar:
+        results = read_dataset(root, shards, config, on_record=bar.update)
+    stats = collect(root, config, shards, results, manifest, [*early_problems, *manifest_problems])
+    report = to_json(stats)
+    print(render_text(report))
+
+    if args.json:
+        error = _write(args.json, json.dumps(report, indent=2, allow_nan=False) + "\n", "--json")
+        if error:
+            return _usage_error(error)
+        print(f"\nJSON: {args.json}")
+    if args.html:
+        from pipeline.stats.report_html import Example, render_html
+
+        choices = choose_examples(stats, config.examples)
+        wanted = collections.defaultdict(list)
+        for choice in choices:
+            wanted[choice.shard].append(choice.record_index)
+        pairs = {shard: read_pairs(root, shard, indices) for shard, indices in wanted.items()}
+        examples = [
+            Example(c.shard.relative, c.record_index, pairs[c.shard][c.record_index], c.psnr_db, c.ssim) for c in choices
+        ]
+        error = _write(args.html, render_html(stats, report, examples), "--html")
+        if error:
+            return _usage_error(error)
+        print(f"\nHTML report: {os.path.abspath(args.html)}")
+    return 0 if stats.ok else 1
+
+
+def _expected_pairs(manifest: dict | None) -> int | None:
+    """Pairs the manifest lists over all shards (the progress bar's total), if it says."""
+    try:
+        return sum(int(entry["pairs"]) for split in manifest["splits"].values() for entry in split["shards"])
+    except (TypeError, KeyError, ValueError, AttributeError):
+        return None
