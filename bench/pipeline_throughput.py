@@ -25,7 +25,12 @@ import numpy as np
 import psutil
 
 from pipeline.config import PipelineConfig
-from pipeline.kernels import blur_hu, motion_psf, motion_trajectory, sample_motion_params
+from pipeline.kernels import (
+    blur_hu,
+    motion_psf,
+    motion_trajectory,
+    sample_motion_params,
+)
 from pipeline.pairs import kernel_rng
 from pipeline.phantom import phantom_hu, phantom_series
 from pipeline.sources import write_phantom_series

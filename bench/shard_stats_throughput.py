@@ -37,7 +37,15 @@ from pipeline.stats.config import StatsConfig  # noqa: E402
 from pipeline.stats.reader import find_shards, read_dataset, read_pairs  # noqa: E402
 from pipeline.stats.report import choose_examples, collect, to_json  # noqa: E402
 from pipeline.stats.report_html import Example, render_html  # noqa: E402
-from tfrecords_schema import MANIFEST_NAME, MOTION_PARAM_NAMES, Pair, encode_pair, parse_pair_tensors, shard_name, write_records  # noqa: E402
+from tfrecords_schema import (  # noqa: E402
+    MANIFEST_NAME,
+    MOTION_PARAM_NAMES,
+    Pair,
+    encode_pair,
+    parse_pair_tensors,
+    shard_name,
+    write_records,
+)
 
 SIZE = 512
 PAIRS_PER_SHARD = 128

@@ -19,7 +19,11 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from pipeline.archives.idc import IdcSeriesRecord, idc_series_files
-from pipeline.archives.registration import SeriesVolumeError, read_series_volume, register_fb_to_dibh
+from pipeline.archives.registration import (
+    SeriesVolumeError,
+    read_series_volume,
+    register_fb_to_dibh,
+)
 from pipeline.archives.series import ArchiveError, SeriesListing
 from pipeline.archives.tcia import fetch_series
 from pipeline.config import PipelineConfig

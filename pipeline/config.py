@@ -12,31 +12,26 @@ import dataclasses
 import typing
 from typing import Any, Mapping
 
-import yaml
-
 from pipeline.archives.registration import RegistrationConfig
 from pipeline.archives.series import SeriesFilter
 from pipeline.archives.tcia import DEFAULT_COLLECTIONS, TciaConfig
 from pipeline.projection import ProjectionConfig
-
-
-def _field(default: Any, help: str, **kwargs: Any) -> Any:
-    return dataclasses.field(default=default, metadata={"help": help, **kwargs})
+from pipeline.settings import add_setting_flag, read_yaml_mapping, setting
 
 
 @dataclasses.dataclass(frozen=True)
 class MotionConfig:
     """Ranges of the random-trajectory motion kernels (DeblurGAN's generator by default)."""
 
-    samples: int = _field(2000, "trajectory samples (steps of the random walk)")
-    length_px_min: float = _field(60.0, "shortest trajectory path length (pixels)")
-    length_px_max: float = _field(60.0, "longest trajectory path length (pixels)")
-    anxiety_max: float = _field(0.1, "upper bound of the shake strength ('exploration'), drawn uniformly")
-    centripetal_max: float = _field(0.7, "upper bound of the pull back to the start, drawn uniformly")
-    jump_probability_max: float = _field(0.2, "upper bound of the impulsive-jump factor (x anxiety = per-step probability)")
-    gaussian_shake_max: float = _field(10.0, "upper bound of the Gaussian velocity shake, drawn uniformly")
-    exposures: tuple[float, ...] = _field((0.01, 0.1, 0.5, 1.0), "exposure fractions of the path to integrate, one drawn per kernel")
-    psf_max_size: int = _field(64, "largest PSF side (pixels); longer paths are scaled down to fit")
+    samples: int = setting(2000, "trajectory samples (steps of the random walk)")
+    length_px_min: float = setting(60.0, "shortest trajectory path length (pixels)")
+    length_px_max: float = setting(60.0, "longest trajectory path length (pixels)")
+    anxiety_max: float = setting(0.1, "upper bound of the shake strength ('exploration'), drawn uniformly")
+    centripetal_max: float = setting(0.7, "upper bound of the pull back to the start, drawn uniformly")
+    jump_probability_max: float = setting(0.2, "upper bound of the impulsive-jump factor (x anxiety = per-step probability)")
+    gaussian_shake_max: float = setting(10.0, "upper bound of the Gaussian velocity shake, drawn uniformly")
+    exposures: tuple[float, ...] = setting((0.01, 0.1, 0.5, 1.0), "exposure fractions of the path to integrate, one drawn per kernel")
+    psf_max_size: int = setting(64, "largest PSF side (pixels); longer paths are scaled down to fit")
 
     def validate(self) -> None:
         if self.samples < 2:
@@ -53,38 +48,38 @@ class MotionConfig:
 class PhantomConfig:
     """Size of the embedded procedural phantom source (`--source phantom`)."""
 
-    patients: int = _field(6, "phantom patients (body sites cycle head, thorax, abdomen/pelvis)")
-    slices: int = _field(40, "axial slices per phantom series")
-    size: int = _field(512, "phantom matrix size (pixels, square)")
+    patients: int = setting(6, "phantom patients (body sites cycle head, thorax, abdomen/pelvis)")
+    slices: int = setting(40, "axial slices per phantom series")
+    size: int = setting(512, "phantom matrix size (pixels, square)")
 
 
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
     """Everything that decides the content of a dataset (with the inputs)."""
 
-    seed: int = _field(0, "run seed: kernels, noise, phantoms, split and shard order derive from it and stable ids")
-    target_pairs: int = _field(14329, "pairs to write in total, test included (spread evenly over all series in z)")
-    test_pairs: int = _field(300, "pairs in the patient-disjoint test split")
-    subdatasets: int = _field(7, "train sub-datasets (train-0 .. train-N-1), fed one after another to the trainer")
-    kernels_per_slice: int = _field(1, "motion kernels (pairs) per selected slice; target_pairs and test_pairs must be multiples")
-    min_body_fraction: float = _field(0.10, "skip slices where less than this fraction of pixels is body (HU > body_hu_threshold)")
-    body_hu_threshold: float = _field(-500.0, "HU above which a pixel counts as body")
-    pairs_per_shard: int = _field(128, "pairs per TFRecord shard (about 1 MB per 512x512 pair uncompressed)")
-    compression: str = _field("none", "shard compression: none or gzip", choices=("none", "gzip"))
-    patient_salt: str = _field("ctdeblur-v1", "salt of the patient_key hash; set a secret one for non-public data")
-    raw_patient_ids: bool = _field(False, "also store the raw PatientID in each record (off: only the salted patient_key)")
-    noise_sigma_hu: float = _field(0.0, "std of additive Gaussian noise on the blurry image (HU); 0 = off")
-    noise_poisson_counts_per_hu: float = _field(0.0, "signal-dependent Poisson noise on the blurry image, counts per HU above -1024; 0 = off")
-    collection: str = _field("local", "collection name recorded for --source dicom-dir inputs")
-    blur_model: str = _field("kernel", "kernel: image-space motion PSF (the paper's); projection: rigid patient motion "
+    seed: int = setting(0, "run seed: kernels, noise, phantoms, split and shard order derive from it and stable ids")
+    target_pairs: int = setting(14329, "pairs to write in total, test included (spread evenly over all series in z)")
+    test_pairs: int = setting(300, "pairs in the patient-disjoint test split")
+    subdatasets: int = setting(7, "train sub-datasets (train-0 .. train-N-1), fed one after another to the trainer")
+    kernels_per_slice: int = setting(1, "motion kernels (pairs) per selected slice; target_pairs and test_pairs must be multiples")
+    min_body_fraction: float = setting(0.10, "skip slices where less than this fraction of pixels is body (HU > body_hu_threshold)")
+    body_hu_threshold: float = setting(-500.0, "HU above which a pixel counts as body")
+    pairs_per_shard: int = setting(128, "pairs per TFRecord shard (about 1 MB per 512x512 pair uncompressed)")
+    compression: str = setting("none", "shard compression: none or gzip", choices=("none", "gzip"))
+    patient_salt: str = setting("ctdeblur-v1", "salt of the patient_key hash; set a secret one for non-public data")
+    raw_patient_ids: bool = setting(False, "also store the raw PatientID in each record (off: only the salted patient_key)")
+    noise_sigma_hu: float = setting(0.0, "std of additive Gaussian noise on the blurry image (HU); 0 = off")
+    noise_poisson_counts_per_hu: float = setting(0.0, "signal-dependent Poisson noise on the blurry image, counts per HU above -1024; 0 = off")
+    collection: str = setting("local", "collection name recorded for --source dicom-dir inputs")
+    blur_model: str = setting("kernel", "kernel: image-space motion PSF (the paper's); projection: rigid patient motion "
                              "during the scan, forward-projected and reconstructed by FBP", choices=("kernel", "projection"))
-    collections: tuple[str, ...] = _field(DEFAULT_COLLECTIONS, "archive collections for --source tcia and idc (TCIA names, "
+    collections: tuple[str, ...] = setting(DEFAULT_COLLECTIONS, "archive collections for --source tcia and idc (TCIA names, "
                                           "e.g. CPTAC-LUAD; IDC ids such as cptac_luad also work for idc)")
-    idc_bucket_root: str = _field("", "root holding <crdc_series_uuid>/ directories for --source idc; empty = the public "
+    idc_bucket_root: str = setting("", "root holding <crdc_series_uuid>/ directories for --source idc; empty = the public "
                                       "bucket (gs://idc-open-data); a local mirror or another bucket otherwise")
-    idc_index: str = _field("", "IDC index file (CSV or parquet, local or gs://) for --source idc; empty = the index "
+    idc_index: str = setting("", "IDC index file (CSV or parquet, local or gs://) for --source idc; empty = the index "
                                 "bundled with the idc-index-data package (offline)")
-    registered_collection: str = _field("fb-dibh", "collection name recorded for --source pairs")
+    registered_collection: str = setting("fb-dibh", "collection name recorded for --source pairs")
     motion: MotionConfig = dataclasses.field(default_factory=MotionConfig)
     projection: ProjectionConfig = dataclasses.field(default_factory=ProjectionConfig)
     series_filter: SeriesFilter = dataclasses.field(default_factory=SeriesFilter)
@@ -238,25 +233,14 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     defaults = config_from_dict({})
     for flag, group_name, f, hint in _flag_fields():
         default = getattr(getattr(defaults, group_name), f.name) if group_name else getattr(defaults, f.name)
-        help_text = f"{_help(group_name, f)} (paper default: {default})"
-        if hint is bool:
-            group.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        elif typing.get_origin(hint) is tuple:
-            item = typing.get_args(hint)[0]
-            group.add_argument(f"--{flag}", type=item, nargs="*", default=None, help=help_text)
-        else:
-            group.add_argument(f"--{flag}", type=hint, default=None, choices=f.metadata.get("choices"), help=help_text)
+        add_setting_flag(group, flag, f, hint, f"{_help(group_name, f)} (paper default: {default})")
 
 
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     """The config named by --preset, updated by --config YAML, then by explicit flags."""
     values: dict[str, Any] = _merge(dataclasses.asdict(PipelineConfig()), PRESETS[args.preset], f"preset {args.preset}")
     if args.config:
-        with open(args.config, encoding="utf-8") as handle:
-            loaded = yaml.safe_load(handle) or {}
-        if not isinstance(loaded, Mapping):
-            raise ValueError(f"{args.config} must hold a YAML mapping of settings")
-        values = _merge(values, loaded, args.config)
+        values = _merge(values, read_yaml_mapping(args.config), args.config)
     for flag, group_name, f, _ in _flag_fields():
         value = getattr(args, flag)
         if value is None:

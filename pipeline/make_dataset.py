@@ -28,7 +28,13 @@ from pipeline.config import PipelineConfig, add_config_flags, config_from_args
 from pipeline.files import read_bytes, write_bytes
 from pipeline.sources import SOURCES, ReadSource
 from pipeline.transforms import NAMESPACE, MakeDataset
-from tfrecords_schema import DEAD_LETTER_NAME, MANIFEST_NAME, SCHEMA_VERSION, UNSELECTED_NAME, TEST_DIR
+from tfrecords_schema import (
+    DEAD_LETTER_NAME,
+    MANIFEST_NAME,
+    SCHEMA_VERSION,
+    TEST_DIR,
+    UNSELECTED_NAME,
+)
 
 SUMMARY_NAME = "_run_summary.json"
 REGISTERED_DIR = "_registered"

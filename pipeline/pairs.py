@@ -6,7 +6,14 @@ import numpy as np
 
 from pipeline.config import PipelineConfig
 from pipeline.hashing import derive_rng, patient_key
-from pipeline.kernels import add_noise, blur_hu, motion_psf, motion_trajectory, path_length_px, sample_motion_params
+from pipeline.kernels import (
+    add_noise,
+    blur_hu,
+    motion_psf,
+    motion_trajectory,
+    path_length_px,
+    sample_motion_params,
+)
 from pipeline.planning import PairTask
 from pipeline.projection import projection_pair, sample_rigid_motion
 from tfrecords_schema import MOTION_PARAM_NAMES, Pair, encode_pair

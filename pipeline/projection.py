@@ -32,6 +32,8 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy import fft, special
 
+from pipeline.settings import setting
+
 MOTION_KINDS = ("smooth", "breathing", "jerk", "none")
 FBP_FILTERS = ("ramp", "shepp-logan", "hann")
 AIR_HU = -1000.0
@@ -45,39 +47,36 @@ _BP_UPSAMPLING = 16
 _EXTENT_SAMPLES = 512
 
 
-def _field(default: Any, help: str, **kwargs: Any) -> Any:
-    return dataclasses.field(default=default, metadata={"help": help, **kwargs})
-
 
 @dataclasses.dataclass(frozen=True)
 class ProjectionConfig:
     """Scan and motion settings of the projection-domain blur model (`--blur_model projection`)."""
 
-    views: int = _field(360, "projections per slice, evenly spaced in angle and in time over scan_deg (count)")
-    scan_deg: float = _field(360.0, "angular span of the scan: 360 (one gantry rotation, default) or 180 (degrees)",
+    views: int = setting(360, "projections per slice, evenly spaced in angle and in time over scan_deg (count)")
+    scan_deg: float = setting(360.0, "angular span of the scan: 360 (one gantry rotation, default) or 180 (degrees)",
                              choices=(180.0, 360.0))
-    geometry: str = _field("parallel", "beam geometry: parallel is the one implemented (name)",
+    geometry: str = setting("parallel", "beam geometry: parallel is the one implemented (name)",
                            choices=("parallel",))
-    fbp_filter: str = _field("ramp", "FBP filter: ramp = Ram-Lak, sharpest; shepp-logan or hann = smoother (name)",
+    fbp_filter: str = setting("ramp", "FBP filter: ramp = Ram-Lak, sharpest; shepp-logan or hann = smoother (name)",
                              choices=FBP_FILTERS)
-    motion_types: tuple[str, ...] = _field(("smooth", "breathing", "jerk"),
+    motion_types: tuple[str, ...] = setting(("smooth", "breathing", "jerk"),
                                            "motion kinds, one drawn uniformly per slice: smooth, breathing, jerk, "
                                            "none (names)")
-    translation_mm_min: float = _field(1.0, "smallest translation extent of smooth and jerk motion: largest distance "
+    translation_mm_min: float = setting(1.0, "smallest translation extent of smooth and jerk motion: largest distance "
                                             "between two poses during the scan (mm)")
-    translation_mm_max: float = _field(10.0, "largest translation extent of smooth and jerk motion (mm)")
-    rotation_deg_max: float = _field(3.0, "largest rotation extent of smooth and jerk motion, drawn from [0, max] "
+    translation_mm_max: float = setting(10.0, "largest translation extent of smooth and jerk motion (mm)")
+    rotation_deg_max: float = setting(3.0, "largest rotation extent of smooth and jerk motion, drawn from [0, max] "
                                           "(degrees)")
-    breathing_amplitude_mm_min: float = _field(2.0, "smallest breathing amplitude (mm)")
-    breathing_amplitude_mm_max: float = _field(10.0, "largest breathing amplitude (mm)")
-    breathing_cycles_min: float = _field(0.25, "fewest breathing cycles per scan, log-uniform (cycles; 0.25 = a 1 s "
+    breathing_amplitude_mm_min: float = setting(2.0, "smallest breathing amplitude (mm)")
+    breathing_amplitude_mm_max: float = setting(10.0, "largest breathing amplitude (mm)")
+    breathing_cycles_min: float = setting(0.25, "fewest breathing cycles per scan, log-uniform (cycles; 0.25 = a 1 s "
                                                "rotation at 15 breaths/min)")
-    breathing_cycles_max: float = _field(15.0, "most breathing cycles per scan (cycles; 15 = a 60 s cone-beam scan)")
-    breathing_tilt_deg_max: float = _field(20.0, "largest angle between the breathing direction and the image's "
+    breathing_cycles_max: float = setting(15.0, "most breathing cycles per scan (cycles; 15 = a 60 s cone-beam scan)")
+    breathing_tilt_deg_max: float = setting(20.0, "largest angle between the breathing direction and the image's "
                                                  "vertical (anterior-posterior, y) axis (degrees)")
-    jerk_time_min: float = _field(0.2, "earliest start of a jerk (fraction of the scan)")
-    jerk_time_max: float = _field(0.8, "latest start of a jerk (fraction of the scan)")
-    jerk_duration_max: float = _field(0.05, "longest jerk, drawn from [0, max]; 0 = instantaneous "
+    jerk_time_min: float = setting(0.2, "earliest start of a jerk (fraction of the scan)")
+    jerk_time_max: float = setting(0.8, "latest start of a jerk (fraction of the scan)")
+    jerk_duration_max: float = setting(0.05, "longest jerk, drawn from [0, max]; 0 = instantaneous "
                                             "(fraction of the scan)")
 
     def validate(self) -> "ProjectionConfig":

@@ -17,10 +17,21 @@ import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.archive_sources import REJECTED, FetchIdcFn, FetchTciaFn, RegisterPairFn, listing_rejections
+from pipeline.archive_sources import (
+    REJECTED,
+    FetchIdcFn,
+    FetchTciaFn,
+    RegisterPairFn,
+    listing_rejections,
+)
 from pipeline.config import PipelineConfig
 from pipeline.files import list_files, write_bytes
-from pipeline.phantom import PhantomSeries, phantom_dataset, phantom_series, slice_file_name
+from pipeline.phantom import (
+    PhantomSeries,
+    phantom_dataset,
+    phantom_series,
+    slice_file_name,
+)
 from pipeline.planning import InputFile
 
 SOURCES = ("phantom", "pydicom-samples", "dicom-dir", "tcia", "idc", "pairs")

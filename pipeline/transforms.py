@@ -24,6 +24,7 @@ from apache_beam.metrics import Metrics
 from pipeline.archive_sources import registered_slices
 from pipeline.config import PipelineConfig
 from pipeline.dicom_hu import SliceRejected, read_slice_hu, scan_slice
+from pipeline.files import read_bytes, write_bytes
 from pipeline.hashing import patient_key
 from pipeline.pairs import encode_task
 from pipeline.planning import (
@@ -36,7 +37,6 @@ from pipeline.planning import (
     pair_tasks,
     series_summary,
 )
-from pipeline.files import read_bytes, write_bytes
 from tfrecords_schema import DEAD_LETTER_NAME, UNSELECTED_NAME, frame_record, shard_name
 
 NAMESPACE = "ctdeblur"

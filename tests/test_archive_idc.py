@@ -11,12 +11,17 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.archives.idc import (
-    IdcSeriesRecord, bundled_index_version, idc_collection_id, idc_series_files, list_idc_series,
-    series_root)
+    IdcSeriesRecord,
+    bundled_index_version,
+    idc_collection_id,
+    idc_series_files,
+    list_idc_series,
+    series_root,
+)
 from pipeline.archives.series import ArchiveError, SeriesFilter
 from pipeline.dicom_hu import read_slice_hu, scan_slice
-from pipeline.phantom import phantom_dataset, phantom_series
 from pipeline.files import read_bytes
+from pipeline.phantom import phantom_dataset, phantom_series
 from tests.conftest import dicom_bytes
 
 PAPER_COLLECTIONS = ("CPTAC-GBM", "TCGA-SARC", "CPTAC-LUAD", "CPTAC-HNSCC")

@@ -10,7 +10,13 @@ import pytest
 import SimpleITK as sitk
 
 from pipeline.archives.registration import (
-    RegistrationConfig, SeriesVolumeError, ncc, read_series_volume, register_fb_to_dibh, rigid_summary)
+    RegistrationConfig,
+    SeriesVolumeError,
+    ncc,
+    read_series_volume,
+    register_fb_to_dibh,
+    rigid_summary,
+)
 from pipeline.phantom import phantom_series
 from pipeline.sources import write_phantom_series
 

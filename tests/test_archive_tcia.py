@@ -13,11 +13,24 @@ import pytest
 from pipeline.archives.safe_zip import ZipLimits, extract_zip, safe_member_name
 from pipeline.archives.series import SeriesFilter, SeriesRecord, filter_series
 from pipeline.archives.tcia import (
-    COMPLETE_MARKER, ArchiveError, TciaConfig, backoff_s, cached_series, fetch_series, list_series, retry_after_s)
+    COMPLETE_MARKER,
+    ArchiveError,
+    TciaConfig,
+    backoff_s,
+    cached_series,
+    fetch_series,
+    list_series,
+    retry_after_s,
+)
 from pipeline.dicom_hu import SliceRejected, read_slice_hu
 from pipeline.phantom import phantom_dataset
 from tests.conftest import dicom_bytes
-from tests.nbia_standin import NON_DICOM_NAME, ZIP_SLIP_NAMES, NbiaStandin, phantom_standin_series
+from tests.nbia_standin import (
+    NON_DICOM_NAME,
+    ZIP_SLIP_NAMES,
+    NbiaStandin,
+    phantom_standin_series,
+)
 
 MAX_ATTEMPTS = 3
 

@@ -2,7 +2,12 @@ import argparse
 
 import pytest
 
-from pipeline.config import PipelineConfig, add_config_flags, config_from_args, config_from_dict
+from pipeline.config import (
+    PipelineConfig,
+    add_config_flags,
+    config_from_args,
+    config_from_dict,
+)
 
 
 def parse(argv):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import MotionConfig, PipelineConfig
+from pipeline.dicom_hu import SliceHeader
 from pipeline.kernels import (
     MotionParams,
     add_noise,
@@ -14,7 +15,6 @@ from pipeline.kernels import (
     sample_motion_params,
 )
 from pipeline.pairs import kernel_rng, make_pair
-from pipeline.dicom_hu import SliceHeader
 from pipeline.planning import PairTask
 
 

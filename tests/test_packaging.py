@@ -8,7 +8,12 @@ import sys
 import tarfile
 
 import pytest
-from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, SetupOptions, StandardOptions
+from apache_beam.options.pipeline_options import (
+    GoogleCloudOptions,
+    PipelineOptions,
+    SetupOptions,
+    StandardOptions,
+)
 
 from pipeline.config import config_from_dict
 from pipeline.make_dataset import build_pipeline

@@ -4,7 +4,14 @@ import pytest
 
 from pipeline.config import config_from_dict
 from pipeline.dicom_hu import SliceHeader
-from pipeline.planning import InputFile, assemble_series, evenly_spaced, make_plan, pair_tasks, series_summary
+from pipeline.planning import (
+    InputFile,
+    assemble_series,
+    evenly_spaced,
+    make_plan,
+    pair_tasks,
+    series_summary,
+)
 
 
 def header(path, sop, position, rows=64, body=0.5, patient="P1", series="S1"):

@@ -11,7 +11,13 @@ import tensorflow as tf
 from scipy.ndimage import gaussian_filter
 from skimage.metrics import structural_similarity
 
-from pipeline.stats.config import PRESETS, StatsConfig, add_config_flags, config_from_args, config_from_dict
+from pipeline.stats.config import (
+    PRESETS,
+    StatsConfig,
+    add_config_flags,
+    config_from_args,
+    config_from_dict,
+)
 from pipeline.stats.metrics import (
     HU_BINS,
     HU_OFFSET,

@@ -31,7 +31,12 @@ from tfrecords_schema.pair import (
     encode_pair,
     parse_pair_tensors,
 )
-from tfrecords_schema.tfrecord import TFRecordCorruptionError, frame_record, read_records, write_records
+from tfrecords_schema.tfrecord import (
+    TFRecordCorruptionError,
+    frame_record,
+    read_records,
+    write_records,
+)
 
 __all__ = [
     "BLUR_MODELS",

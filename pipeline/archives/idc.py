@@ -23,7 +23,13 @@ from typing import Iterable, Sequence
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.archives.series import ArchiveError, SeriesFilter, SeriesListing, SeriesRecord, filter_series
+from pipeline.archives.series import (
+    ArchiveError,
+    SeriesFilter,
+    SeriesListing,
+    SeriesRecord,
+    filter_series,
+)
 
 INDEX_COLUMNS = ("collection_id", "PatientID", "SeriesInstanceUID", "Modality", "instanceCount",
                  "crdc_series_uuid", "aws_bucket")

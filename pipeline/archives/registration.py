@@ -26,39 +26,42 @@ import math
 import os
 import tempfile
 import threading
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
-from pipeline.dicom_hu import AIR_HU, SliceRejected, check_ct_slice, dataset_hu, read_dataset
+from pipeline.dicom_hu import (
+    AIR_HU,
+    SliceRejected,
+    check_ct_slice,
+    dataset_hu,
+    read_dataset,
+)
 from pipeline.files import read_bytes
-
-
-def _field(default: Any, help: str) -> Any:
-    return dataclasses.field(default=default, metadata={"help": help})
+from pipeline.settings import setting
 
 
 @dataclasses.dataclass(frozen=True)
 class RegistrationConfig:
     """How FB is registered onto DIBH and when a pair is good enough. Lengths in mm."""
 
-    affine: bool = _field(False, "after the rigid stage, refine with a 12-parameter affine transform")
-    metric_bins: int = _field(50, "histogram bins of Mattes mutual information")
-    metric_sampling_fraction: float = _field(0.05, "fraction of DIBH voxels sampled (random, fixed seed) per metric evaluation")
-    sampling_seed: int = _field(20240611, "seed of the metric sampling (must be > 0: 0 means wall-clock in ITK)")
-    iterations: int = _field(200, "optimizer iterations per resolution level (rigid stage)")
-    affine_iterations: int = _field(100, "optimizer iterations per resolution level (affine stage)")
-    learning_rate: float = _field(1.0, "initial step of the regular-step gradient descent (mm-equivalent)")
-    min_step: float = _field(1e-3, "step below which a level stops")
-    shrink_factors: tuple[int, ...] = _field((4, 2, 1), "pyramid downsampling per level (voxels)")
-    smoothing_sigmas_mm: tuple[float, ...] = _field((2.0, 1.0, 0.0), "Gaussian smoothing per level (mm)")
-    clamp_hu: tuple[float, float] = _field((-1000.0, 2000.0), "HU window the metric and the gate see")
-    body_hu_threshold: float = _field(-500.0, "DIBH voxels above this HU form the body mask of the gate")
-    min_ncc: float = _field(0.7, "reject pairs whose normalised cross-correlation inside the body is below this")
-    min_body_overlap: float = _field(0.5, "reject pairs where FB covers less than this fraction of the DIBH body")
-    min_slice_coverage: float = _field(0.99, "a DIBH slice is usable when FB covers this fraction of its body voxels")
-    threads: int = _field(1, "SimpleITK threads for registration and resampling (1 = identical results on every "
+    affine: bool = setting(False, "after the rigid stage, refine with a 12-parameter affine transform")
+    metric_bins: int = setting(50, "histogram bins of Mattes mutual information")
+    metric_sampling_fraction: float = setting(0.05, "fraction of DIBH voxels sampled (random, fixed seed) per metric evaluation")
+    sampling_seed: int = setting(20240611, "seed of the metric sampling (must be > 0: 0 means wall-clock in ITK)")
+    iterations: int = setting(200, "optimizer iterations per resolution level (rigid stage)")
+    affine_iterations: int = setting(100, "optimizer iterations per resolution level (affine stage)")
+    learning_rate: float = setting(1.0, "initial step of the regular-step gradient descent (mm-equivalent)")
+    min_step: float = setting(1e-3, "step below which a level stops")
+    shrink_factors: tuple[int, ...] = setting((4, 2, 1), "pyramid downsampling per level (voxels)")
+    smoothing_sigmas_mm: tuple[float, ...] = setting((2.0, 1.0, 0.0), "Gaussian smoothing per level (mm)")
+    clamp_hu: tuple[float, float] = setting((-1000.0, 2000.0), "HU window the metric and the gate see")
+    body_hu_threshold: float = setting(-500.0, "DIBH voxels above this HU form the body mask of the gate")
+    min_ncc: float = setting(0.7, "reject pairs whose normalised cross-correlation inside the body is below this")
+    min_body_overlap: float = setting(0.5, "reject pairs where FB covers less than this fraction of the DIBH body")
+    min_slice_coverage: float = setting(0.99, "a DIBH slice is usable when FB covers this fraction of its body voxels")
+    threads: int = setting(1, "SimpleITK threads for registration and resampling (1 = identical results on every "
                              "machine; more are faster but may change the last bits)")
 
     def validate(self) -> "RegistrationConfig":

@@ -38,9 +38,22 @@ from typing import Any, Callable, TypeVar
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.archives.safe_zip import CHUNK_BYTES, ExtractedFile, ZipLimits, extract_zip, safe_member_name
+from pipeline.archives.safe_zip import (
+    CHUNK_BYTES,
+    ExtractedFile,
+    ZipLimits,
+    extract_zip,
+    safe_member_name,
+)
 from pipeline.archives.series import (
-    DEFAULT_DESCRIPTION_EXCLUDE, ArchiveError, SeriesFilter, SeriesListing, SeriesRecord, filter_series)
+    DEFAULT_DESCRIPTION_EXCLUDE,
+    ArchiveError,
+    SeriesFilter,
+    SeriesListing,
+    SeriesRecord,
+    filter_series,
+)
+from pipeline.settings import setting
 
 __all__ = ["TciaConfig", "SeriesRecord", "ArchiveError", "SeriesListing", "list_series", "fetch_series",
            "cached_series", "DEFAULT_BASE_URL", "DEFAULT_COLLECTIONS"]
@@ -55,35 +68,32 @@ MAX_LISTING_BYTES = 256 << 20
 T = TypeVar("T")
 
 
-def _field(default: Any, help: str) -> Any:
-    return dataclasses.field(default=default, metadata={"help": help})
-
 
 @dataclasses.dataclass(frozen=True)
 class TciaConfig:
     """Where and how to fetch TCIA series. Times in seconds, sizes in bytes."""
 
-    base_url: str = _field(DEFAULT_BASE_URL, "NBIA REST API base URL (v4), ending in /")
-    collections: tuple[str, ...] = _field(DEFAULT_COLLECTIONS, "TCIA collections to list (CT series only)")
-    timeout_s: float = _field(60.0, "socket timeout of a connect or a read (s)")
-    max_download_s: float = _field(3600.0, "longest one download attempt may take (s)")
-    max_attempts: int = _field(6, "attempts per request, first one included")
-    backoff_initial_s: float = _field(2.0, "wait before the first retry (s); doubles each retry, with jitter")
-    backoff_max_s: float = _field(120.0, "longest wait between retries (s), Retry-After excepted")
-    verify_md5: bool = _field(True, "download with getImageWithMD5Hash and check every file's MD5 "
+    base_url: str = setting(DEFAULT_BASE_URL, "NBIA REST API base URL (v4), ending in /")
+    collections: tuple[str, ...] = setting(DEFAULT_COLLECTIONS, "TCIA collections to list (CT series only)")
+    timeout_s: float = setting(60.0, "socket timeout of a connect or a read (s)")
+    max_download_s: float = setting(3600.0, "longest one download attempt may take (s)")
+    max_attempts: int = setting(6, "attempts per request, first one included")
+    backoff_initial_s: float = setting(2.0, "wait before the first retry (s); doubles each retry, with jitter")
+    backoff_max_s: float = setting(120.0, "longest wait between retries (s), Retry-After excepted")
+    verify_md5: bool = setting(True, "download with getImageWithMD5Hash and check every file's MD5 "
                                     "(off: getImage?NewFileNames=Yes, checked by file count only)")
-    min_slices: int = _field(20, "drop series with fewer images than this")
-    description_include: tuple[str, ...] = _field((), "keep only series whose SeriesDescription matches one of these "
+    min_slices: int = setting(20, "drop series with fewer images than this")
+    description_include: tuple[str, ...] = setting((), "keep only series whose SeriesDescription matches one of these "
                                                       "regexes (case-insensitive); empty = all")
-    description_exclude: tuple[str, ...] = _field(DEFAULT_DESCRIPTION_EXCLUDE, "drop series whose SeriesDescription "
+    description_exclude: tuple[str, ...] = setting(DEFAULT_DESCRIPTION_EXCLUDE, "drop series whose SeriesDescription "
                                                                                 "matches one of these regexes")
-    max_series_per_patient: int = _field(2, "keep at most this many series per patient (most slices first); 0 = all")
-    max_zip_bytes: int = _field(8 << 30, "largest series zip to download (bytes)")
-    max_uncompressed_bytes: int = _field(16 << 30, "largest total size of a series' extracted files (bytes)")
-    max_files: int = _field(20_000, "most files one series zip may hold")
-    cache_dir: str = _field(os.path.join("~", ".cache", "ctdeblur", "tcia"),
+    max_series_per_patient: int = setting(2, "keep at most this many series per patient (most slices first); 0 = all")
+    max_zip_bytes: int = setting(8 << 30, "largest series zip to download (bytes)")
+    max_uncompressed_bytes: int = setting(16 << 30, "largest total size of a series' extracted files (bytes)")
+    max_files: int = setting(20_000, "most files one series zip may hold")
+    cache_dir: str = setting(os.path.join("~", ".cache", "ctdeblur", "tcia"),
                             "download cache, local or gs:// (one directory per series UID)")
-    work_dir: str = _field("", "local scratch directory for zips being downloaded and extracted "
+    work_dir: str = setting("", "local scratch directory for zips being downloaded and extracted "
                                "(default: the system temp directory)")
 
     @property

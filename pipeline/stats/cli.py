@@ -83,7 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from tqdm import tqdm
 
-    from pipeline.stats.reader import DatasetError, find_shards, read_dataset, read_manifest, read_pairs
+    from pipeline.stats.reader import (
+        DatasetError,
+        find_shards,
+        read_dataset,
+        read_manifest,
+        read_pairs,
+    )
     from pipeline.stats.report import choose_examples, collect, to_json
     from pipeline.stats.report_text import render_text
 

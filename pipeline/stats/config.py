@@ -13,11 +13,7 @@ import math
 import typing
 from typing import Any, Mapping
 
-import yaml
-
-
-def _field(default: Any, help: str) -> Any:
-    return dataclasses.field(default=default, metadata={"help": help})
+from pipeline.settings import add_setting_flag, read_yaml_mapping, setting
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,19 +22,19 @@ class StatsConfig:
     (PSNR/SSIM on HU clipped to [-1000, 1000], data_range = window width = 2000 HU; SSIM of Wang
     et al. with an 11-tap Gaussian window, sigma 1.5 px, K1 0.01, K2 0.03)."""
 
-    window_hu: tuple[int, ...] = _field((-1000, 1000), "HU window for PSNR and SSIM; data_range = HIGH - LOW")
-    ssim_filter_size: int = _field(11, "SSIM Gaussian window size (pixels, odd)")
-    ssim_sigma: float = _field(1.5, "SSIM Gaussian window standard deviation (pixels)")
-    ssim_k1: float = _field(0.01, "SSIM K1 (luminance constant, fraction of data_range)")
-    ssim_k2: float = _field(0.03, "SSIM K2 (contrast constant, fraction of data_range)")
-    hu_percentiles: tuple[float, ...] = _field((1.0, 5.0, 50.0, 95.0, 99.0), "percentiles (0..100) of all sharp and all blurry pixels")
-    image_stride: int = _field(1, "measure HU percentiles, PSNR and SSIM on records 0, n, 2n, ... of each shard (1 = every record); counts always cover every record")
-    examples: int = _field(8, "example pairs (sharp | blurry | PSF) in the --html report")
-    display_window_hu: tuple[int, ...] = _field((-1000, 1000), "HU window of the example images in the --html report")
-    hu_histogram_range_hu: tuple[int, ...] = _field((-1024, 3071), "range of the HU histogram in the --html report (outside values go to the edge bins)")
-    hu_histogram_bin_hu: int = _field(16, "bin width of the HU histogram in the --html report (HU)")
-    parallel_calls: int = _field(-1, "records decoded and measured at once; -1 lets tf.data tune it")
-    max_decode_errors_per_shard: int = _field(10, "undecodable records reported per shard before the rest of that shard is skipped")
+    window_hu: tuple[int, int] = setting((-1000, 1000), "HU window for PSNR and SSIM; data_range = HIGH - LOW")
+    ssim_filter_size: int = setting(11, "SSIM Gaussian window size (pixels, odd)")
+    ssim_sigma: float = setting(1.5, "SSIM Gaussian window standard deviation (pixels)")
+    ssim_k1: float = setting(0.01, "SSIM K1 (luminance constant, fraction of data_range)")
+    ssim_k2: float = setting(0.03, "SSIM K2 (contrast constant, fraction of data_range)")
+    hu_percentiles: tuple[float, ...] = setting((1.0, 5.0, 50.0, 95.0, 99.0), "percentiles (0..100) of all sharp and all blurry pixels")
+    image_stride: int = setting(1, "measure HU percentiles, PSNR and SSIM on records 0, n, 2n, ... of each shard (1 = every record); counts always cover every record")
+    examples: int = setting(8, "example pairs (sharp | blurry | PSF) in the --html report")
+    display_window_hu: tuple[int, int] = setting((-1000, 1000), "HU window of the example images in the --html report")
+    hu_histogram_range_hu: tuple[int, int] = setting((-1024, 3071), "range of the HU histogram in the --html report (outside values go to the edge bins)")
+    hu_histogram_bin_hu: int = setting(16, "bin width of the HU histogram in the --html report (HU)")
+    parallel_calls: int = setting(-1, "records decoded and measured at once; -1 lets tf.data tune it")
+    max_decode_errors_per_shard: int = setting(10, "undecodable records reported per shard before the rest of that shard is skipped")
 
     def __post_init__(self) -> None:
         for name in ("window_hu", "display_window_hu", "hu_histogram_range_hu"):
@@ -106,25 +102,14 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     defaults = StatsConfig()
     hints = typing.get_type_hints(StatsConfig)
     for f in dataclasses.fields(StatsConfig):
-        help_text = f"{f.metadata['help']} (default: {getattr(defaults, f.name)})"
-        if typing.get_origin(hints[f.name]) is tuple:
-            element = typing.get_args(hints[f.name])[0]
-            nargs = 2 if f.name.endswith("_hu") else "+"
-            metavar = ("LOW", "HIGH") if nargs == 2 else None
-            group.add_argument(f"--{f.name}", type=element, nargs=nargs, metavar=metavar or "Q", default=None, help=help_text)
-        else:
-            metavar = "N" if hints[f.name] is int else "X"
-            group.add_argument(f"--{f.name}", type=hints[f.name], metavar=metavar, default=None, help=help_text)
+        add_setting_flag(group, f.name, f, hints[f.name], f"{f.metadata['help']} (default: {getattr(defaults, f.name)})")
 
 
 def config_from_args(args: argparse.Namespace) -> StatsConfig:
     """The config named by --preset, updated by the --config YAML, then by explicit flags."""
     values: dict[str, Any] = dict(PRESETS[args.preset])
     if args.config:
-        with open(args.config, encoding="utf-8") as handle:
-            loaded = yaml.safe_load(handle) or {}
-        if not isinstance(loaded, Mapping):
-            raise ValueError(f"{args.config} must hold a YAML mapping of settings")
+        loaded = read_yaml_mapping(args.config)
         config_from_dict(loaded, args.config)
         values.update(loaded)
     for f in dataclasses.fields(StatsConfig):

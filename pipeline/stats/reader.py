@@ -19,7 +19,13 @@ import tensorflow as tf
 
 from pipeline.stats import problems as kinds
 from pipeline.stats.config import StatsConfig
-from pipeline.stats.metrics import HU_BINS, hu_histogram, psf_extent_px, squared_error_sum, ssim_hu
+from pipeline.stats.metrics import (
+    HU_BINS,
+    hu_histogram,
+    psf_extent_px,
+    squared_error_sum,
+    ssim_hu,
+)
 from pipeline.stats.problems import Problem
 from pipeline.stats.summary import COLUMNS, Measurements
 from tfrecords_schema import (

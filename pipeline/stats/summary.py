@@ -9,7 +9,12 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from pipeline.stats.config import StatsConfig
-from pipeline.stats.metrics import HU_BINS, describe, percentiles_from_histogram, psnr_db
+from pipeline.stats.metrics import (
+    HU_BINS,
+    describe,
+    percentiles_from_histogram,
+    psnr_db,
+)
 
 COLUMNS: Mapping[str, Any] = {
     "record_index": np.int64,
