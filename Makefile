@@ -21,6 +21,8 @@ demo: venv
 	$(BIN)/ctdeblur-make-dataset --preset demo --source phantom --source pydicom-samples \
 		--output $(DEMO_DIR) --overwrite --direct_num_workers 2 --direct_running_mode multi_processing
 	$(BIN)/ctdeblur-shard-stats $(DEMO_DIR) --json $(DEMO_DIR)/shard_stats.json --html $(DEMO_DIR)/shard_stats.html
+	$(BIN)/ctdeblur-train --data $(DEMO_DIR) --logdir $(DEMO_DIR)/train_logs --preset tiny \
+		--perceptual_weights random-init --export $(DEMO_DIR)/generator
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -29,6 +31,8 @@ bench: venv
 	$(BIN)/python bench/pipeline_throughput.py
 	$(BIN)/python bench/shard_stats_throughput.py
 	$(BIN)/python bench/projection_throughput.py --slices 16 --rounds 4
+	$(BIN)/python bench/train_step.py
+	$(BIN)/python bench/input_throughput.py
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

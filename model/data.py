@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -20,6 +21,7 @@ import tensorflow as tf
 from tfrecords_schema import (
     MANIFEST_NAME,
     TEST_DIR,
+    SchemaVersionError,
     check_schema_version,
     parse_pair_tensors,
     tf_compression_type,
@@ -49,7 +51,10 @@ def read_manifest(data_dir: str) -> Mapping[str, Any] | None:
             manifest = json.loads(handle.read())
     except (json.JSONDecodeError, tf.errors.OpError) as error:
         raise DatasetError(f"{path} is not a readable JSON manifest: {error}") from error
-    check_schema_version(int(manifest.get("schema_version", 0)))
+    try:
+        check_schema_version(int(manifest.get("schema_version", 0)))
+    except SchemaVersionError as error:
+        raise DatasetError(f"{path}: {error}") from error
     return manifest
 
 
@@ -78,16 +83,26 @@ def count_records(files, compression: str) -> int:
 
 
 def find_split(data_dir: str, name: str, manifest: Mapping[str, Any] | None) -> Split:
-    """The split directory `name` of the dataset at `data_dir`; DatasetError if it has no shards."""
+    """The split directory `name` of the dataset at `data_dir`; DatasetError if it has no shards.
+
+    The shards and pair count are the manifest's when it lists them; otherwise the directory's
+    `pairs-*.tfrecord[.gz]` files, counted by reading them.
+    """
     compression = (manifest or {}).get("compression", "none")
     if compression not in ("none", "gzip"):
         raise DatasetError(f"{join(data_dir, MANIFEST_NAME)}: unknown compression {compression!r}")
-    pattern = join(data_dir, name, "pairs-*.tfrecord" + (".gz" if compression == "gzip" else ""))
-    files = tuple(sorted(tf.io.gfile.glob(pattern)))
-    if not files:
-        raise DatasetError(f"no shards match {pattern}: is {data_dir} a ctdeblur dataset with a {name}/ split?")
-    split_info = ((manifest or {}).get("splits") or {}).get(name)
-    pairs = int(split_info["pairs"]) if split_info and "pairs" in split_info else count_records(files, compression)
+    split_info = ((manifest or {}).get("splits") or {}).get(name) or {}
+    if split_info.get("shards"):
+        files = tuple(join(data_dir, shard["file"]) for shard in split_info["shards"])
+        missing = [f for f in files if not tf.io.gfile.exists(f)]
+        if missing:
+            raise DatasetError(f"{join(data_dir, MANIFEST_NAME)} lists shards that do not exist: {', '.join(missing)}")
+    else:
+        pattern = join(data_dir, name, "pairs-*.tfrecord" + (".gz" if compression == "gzip" else ""))
+        files = tuple(sorted(tf.io.gfile.glob(pattern)))
+        if not files:
+            raise DatasetError(f"no shards match {pattern}: is {data_dir} a ctdeblur dataset with a {name}/ split?")
+    pairs = int(split_info["pairs"]) if "pairs" in split_info else count_records(files, compression)
     return Split(name, files, pairs, compression)
 
 
@@ -105,27 +120,33 @@ def unit_to_hu(unit: tf.Tensor, window: tuple[float, float]) -> tf.Tensor:
 
 
 def pad_to_size(hu: tf.Tensor, size: int) -> tf.Tensor:
-    """Pads `[H, W, C]` HU with air at the bottom/right to at least `size` x `size`."""
+    """`[H, W]` HU padded with air at the bottom/right to at least `size` x `size` (no copy when
+    the image is large enough)."""
     shape = tf.shape(hu)
     pad_h = tf.maximum(size - shape[0], 0)
     pad_w = tf.maximum(size - shape[1], 0)
-    return tf.pad(hu, [[0, pad_h], [0, pad_w], [0, 0]], constant_values=tf.cast(AIR_HU, hu.dtype))
+    return tf.cond(
+        tf.logical_or(pad_h > 0, pad_w > 0),
+        lambda: tf.pad(hu, [[0, pad_h], [0, pad_w]], constant_values=tf.cast(AIR_HU, hu.dtype)),
+        lambda: hu,
+    )
 
 
-def crop_pair(blurry_hu: tf.Tensor, sharp_hu: tf.Tensor, size: int, position: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+def crop_pair(
+    blurry_hu: tf.Tensor, sharp_hu: tf.Tensor, size: int, position: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
     """The same `size` x `size` crop of both `[H, W]` images, as `[size, size, 1]`.
 
     `position` `[2]` in [0, 1] chooses the offset (0: top/left, 1: bottom/right, 0.5: centre).
     Images smaller than `size` are first padded with air (-1024 HU).
     """
-    stacked = pad_to_size(tf.stack([blurry_hu, sharp_hu], axis=-1), size)
-    shape = tf.shape(stacked)
-    room = tf.cast(tf.stack([shape[0] - size, shape[1] - size]), tf.float32)
-    offset = tf.cast(tf.floor(tf.cast(position, tf.float32) * (room + 1.0)), tf.int32)
-    offset = tf.minimum(offset, tf.cast(room, tf.int32))
-    crop = stacked[offset[0] : offset[0] + size, offset[1] : offset[1] + size, :]
-    crop = tf.ensure_shape(crop, [size, size, 2])
-    return crop[..., :1], crop[..., 1:]
+    blurry_hu, sharp_hu = pad_to_size(blurry_hu, size), pad_to_size(sharp_hu, size)
+    room = tf.shape(sharp_hu) - size
+    offset = tf.cast(tf.floor(tf.cast(position, tf.float32) * tf.cast(room + 1, tf.float32)), tf.int32)
+    offset = tf.minimum(offset, room)
+    blurry = tf.ensure_shape(tf.slice(blurry_hu, offset, [size, size]), [size, size])
+    sharp = tf.ensure_shape(tf.slice(sharp_hu, offset, [size, size]), [size, size])
+    return blurry[..., tf.newaxis], sharp[..., tf.newaxis]
 
 
 def epoch_seed(seed: int, subdataset: int, epoch: int) -> int:
@@ -161,7 +182,8 @@ def training_batches(
 ) -> tf.data.Dataset:
     """Batches `(blurry, sharp)`, each `[batch, crop, crop, 1]` float32 in [-1, 1], for one epoch.
 
-    Yields `(steps - skip_steps) * shard.replicas` batches (one per local replica per step).
+    Yields `(steps - skip_steps) * shard.replicas` batches (one per local replica per step);
+    not prefetched, so that epochs can be concatenated first.
     `seed` (see `epoch_seed`) fixes the file order, the shuffled record order and every crop;
     all pipelines shuffle alike and take every `count`-th record, so their records are disjoint.
     """
@@ -183,7 +205,7 @@ def training_batches(
 
     batches = records.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     batches = batches.batch(shard.batch, drop_remainder=True)
-    return batches.take((steps - skip_steps) * shard.replicas).prefetch(tf.data.AUTOTUNE)
+    return batches.take((steps - skip_steps) * shard.replicas)
 
 
 def validation_batch(split: Split, pairs: int, crop_size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -52,8 +52,14 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
 
 
 def strategy_name(strategy: tf.distribute.Strategy) -> str:
-    """Short description: class name and replica count."""
-    return f"{type(strategy).__name__} ({strategy.num_replicas_in_sync} replica(s))"
+    """Short description: strategy and replica count."""
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        name = "MultiWorkerMirroredStrategy"
+    elif isinstance(strategy, tf.distribute.MirroredStrategy):
+        name = "MirroredStrategy"
+    else:
+        name = "default strategy"
+    return f"{name} ({strategy.num_replicas_in_sync} replica(s))"
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:

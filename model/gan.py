@@ -12,7 +12,7 @@ Other adversarial set-ups plug in by overriding `critic_step` (critic update on 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import keras
 import tensorflow as tf

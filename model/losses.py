@@ -7,7 +7,7 @@ Every loss is a scalar mean over the (per-replica) batch.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import tensorflow as tf
 

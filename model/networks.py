@@ -6,7 +6,7 @@ Images are `[B, H, W, 1]` float32 in the network range [-1, 1] (see `model.data.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import keras
 import tensorflow as tf
@@ -127,8 +127,9 @@ def build_resnet_generator(filters: int = 64, blocks: int = 9, dropout: float = 
 
     7x7 conv, two stride-2 3x3 convs (x2, x4 filters), `blocks` ResBlocks, two stride-2 transposed
     convs, 7x7 conv to one channel, tanh; the result is a residual added to the input and clipped.
-    Any H x W: the input is mirror-padded to a multiple of 4 and the output cropped back.
-    Paper defaults: filters 64, blocks 9, dropout 0.5.
+    The last conv starts at zero, so the untrained generator is the identity (restored = blurry)
+    and training learns the correction. Any H x W: the input is mirror-padded to a multiple of 4
+    and the output cropped back. Paper defaults: filters 64, blocks 9, dropout 0.5.
     """
     image = keras.Input(shape=(None, None, 1), name="blurry")
     x = PadToMultiple(SIZE_MULTIPLE, name="pad_to_multiple")(image)
@@ -147,7 +148,7 @@ def build_resnet_generator(filters: int = 64, blocks: int = 9, dropout: float = 
         x = instance_norm(f"up{i}_norm")(x)
         x = keras.layers.ReLU(name=f"up{i}_relu")(x)
     x = ReflectPad(3, name="tail_pad")(x)
-    x = keras.layers.Conv2D(1, 7, name="tail_conv")(x)
+    x = keras.layers.Conv2D(1, 7, kernel_initializer="zeros", name="tail_conv")(x)
     residual = keras.layers.Activation("tanh", dtype="float32", name="residual")(x)
     residual = CropLike(name="crop_back")(residual, image)
     restored = GlobalSkip(dtype="float32", name="restored")(image, residual)

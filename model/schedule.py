@@ -8,7 +8,7 @@ checkpoints store, so a restarted run continues exactly where the saved one stop
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import signal
 import sys
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
@@ -29,7 +30,6 @@ from model.config import RUNTIME_FIELDS, TrainConfig, add_config_flags, config_f
 from model.data import (
     DatasetError,
     InputShard,
-    Split,
     dataset_splits,
     epoch_seed,
     hu_to_unit,
@@ -38,18 +38,30 @@ from model.data import (
     unit_to_hu,
     validation_batch,
 )
-from model.distribute import StrategyError, is_chief, make_strategy, strategy_name, task_id
+from model.distribute import (
+    StrategyError,
+    is_chief,
+    make_strategy,
+    strategy_name,
+    task_id,
+)
 from model.export import SIGNATURE_NAME, export_generator
 from model.gan import DeblurWGAN
 from model.metrics import display, psnr_hu, ssim_hu
 from model.networks import build_critic, build_generator
-from model.perceptual import RANDOM_INIT, PerceptualWeightsError, feature_extractor, load_vgg19
+from model.perceptual import (
+    RANDOM_INIT,
+    PerceptualWeightsError,
+    feature_extractor,
+    load_vgg19,
+)
 from tfrecords_schema import SchemaVersionError
 
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_NAME = "train_config.yaml"
 EXIT_USER_ERROR = 2
 EXIT_SIGTERM = 143
+PROGRESS_LOGS = {"critic/wasserstein_estimate": "W", "critic/gradient_penalty": "gp", "generator/total": "G"}
 
 
 class ResumeError(ValueError):
@@ -168,6 +180,8 @@ class Training:
             generator_optimizer=gan.generator_optimizer,
             critic_optimizer=gan.critic_optimizer,
             interpolation_seed=gan.interpolation_seed.state,
+            generator_state=list(gan.generator.non_trainable_variables),
+            critic_state=list(gan.critic.non_trainable_variables),
             **self.position_vars,
         )
         self.checkpoint_dir = join(self.logdir, CHECKPOINT_DIR)
@@ -235,12 +249,20 @@ class Training:
         if not self.chief:
             tf.io.gfile.rmtree(self.manager.directory)
 
-    def epoch_dataset(self, position: schedule.Position):
-        """The distributed batches of the epoch at `position`, from its step on."""
+    def remaining_epochs(self, position: schedule.Position) -> list[tuple[int, int, int]]:
+        """(stage, epoch, first step) of every epoch from `position` to the end of the schedule."""
+        epochs = []
+        while not schedule.finished(position, self.steps):
+            epochs.append((position.stage, position.epoch, position.step))
+            end_of_epoch = dataclasses.replace(position, step=self.steps[position.stage])
+            position = schedule.normalise(end_of_epoch, self.steps, self.config.epochs)
+        return epochs
+
+    def schedule_dataset(self, position: schedule.Position):
+        """The distributed batches of the rest of the schedule from `position`: one pipeline, so
+        that input keeps flowing across epoch and sub-dataset boundaries."""
         config, strategy = self.config, self.strategy
-        sub = config.subdatasets[position.stage]
-        split: Split = self.train_splits[sub]
-        seed = epoch_seed(config.seed, sub, position.epoch)
+        epochs = self.remaining_epochs(position)
 
         def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
             shard = InputShard(
@@ -249,10 +271,15 @@ class Training:
                 replicas=strategy.num_replicas_in_sync // context.num_input_pipelines,
                 batch=config.batch_per_replica,
             )
-            return training_batches(
-                split, crop_size=config.crop_size, hu_window=config.hu_window, shuffle_buffer=config.shuffle_buffer,
-                seed=seed, shard=shard, steps=self.steps[position.stage], skip_steps=position.step,
-            )
+            datasets = []
+            for stage, epoch, first_step in epochs:
+                sub = config.subdatasets[stage]
+                datasets.append(training_batches(
+                    self.train_splits[sub], crop_size=config.crop_size, hu_window=config.hu_window,
+                    shuffle_buffer=config.shuffle_buffer, seed=epoch_seed(config.seed, sub, epoch), shard=shard,
+                    steps=self.steps[stage], skip_steps=first_step,
+                ))
+            return functools.reduce(tf.data.Dataset.concatenate, datasets).prefetch(tf.data.AUTOTUNE)
 
         return strategy.distribute_datasets_from_function(dataset_fn)
 
@@ -266,8 +293,9 @@ class Training:
     def write_scalars(self, logs: dict, seconds_per_step: float) -> None:
         for name, value in logs.items():
             tf.summary.scalar(name, float(value), step=self.global_step)
-        tf.summary.scalar("learning_rate/generator", float(self.gan.generator_optimizer.learning_rate), step=self.global_step)
-        tf.summary.scalar("learning_rate/critic", float(self.gan.critic_optimizer.learning_rate), step=self.global_step)
+        for name, optimizer in (("generator", self.gan.generator_optimizer), ("critic", self.gan.critic_optimizer)):
+            rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+            tf.summary.scalar(f"learning_rate/{name}", rate, step=self.global_step)
         if seconds_per_step > 0:
             tf.summary.scalar("throughput/pairs_per_second", self.global_batch / seconds_per_step, step=self.global_step)
 
@@ -275,8 +303,7 @@ class Training:
         """PSNR/SSIM of the fixed validation batch (and of its blurry input) and image triplets."""
         config = self.config
         blurry_hu, sharp_hu = (tf.constant(a) for a in self.validation_hu)
-        restored = self.gan.generator(hu_to_unit(blurry_hu, config.hu_window), training=False)
-        restored_hu = unit_to_hu(restored, config.hu_window)
+        restored_hu = self.restore_hu(blurry_hu)
         window = config.validation_window_hu
         result = {
             "validation/psnr_db": float(tf.reduce_mean(psnr_hu(restored_hu, sharp_hu, window))),
@@ -289,6 +316,12 @@ class Training:
         triplets = tf.concat([display(blurry_hu, window), display(restored_hu, window), display(sharp_hu, window)], axis=2)
         tf.summary.image("validation/blurry_restored_sharp", triplets, step=self.global_step, max_outputs=len(triplets))
         self.validation_result = result
+
+    @tf.function
+    def restore_hu(self, blurry_hu: tf.Tensor) -> tf.Tensor:
+        """The generator's inference on HU `[B, H, W, 1]` -> restored HU (dropout off)."""
+        restored = self.gan.generator(hu_to_unit(blurry_hu, self.config.hu_window), training=False)
+        return unit_to_hu(restored, self.config.hu_window)
 
     def _on_signal(self, signum, frame) -> None:
         self.stop_signal = signum
@@ -308,31 +341,30 @@ class Training:
         last_saved, last_validated = self.global_step, -1
         with writer.as_default():
             self.write_config_summary()
+            batches = iter(self.schedule_dataset(position)) if not schedule.finished(position, steps) else None
+            tick = time.perf_counter()
             while not schedule.finished(position, steps) and self.stop_signal is None:
-                stage, epoch = position.stage, position.epoch
-                batches = iter(self.epoch_dataset(position))
-                tick = time.perf_counter()
-                while position.stage == stage and position.epoch == epoch and self.stop_signal is None:
-                    step_fn = warmup_step if self.global_step < config.generator_warmup_steps else train_step
-                    logs = step_fn(next(batches))
-                    self.position_vars["global_step"].assign_add(1)
-                    position = schedule.advance(position, steps, config.epochs)
-                    progress.update(1)
-                    step = self.global_step
-                    if step % config.summary_every == 0:
-                        now = time.perf_counter()
-                        self.write_scalars(logs, (now - tick) / config.summary_every)
-                        tick = now
-                        progress.set_postfix({k.split("/")[-1][:12]: f"{float(v):.3g}" for k, v in logs.items()})
-                    if self.chief and config.validation_pairs and step % config.validation_every == 0:
-                        self.validate()
-                        last_validated = step
-                    if step % config.checkpoint_every == 0 or position.stage != stage:
-                        self.save(position)
-                        last_saved = step
+                stage = position.stage
+                step_fn = warmup_step if self.global_step < config.generator_warmup_steps else train_step
+                logs = step_fn(next(batches))
+                self.position_vars["global_step"].assign_add(1)
+                position = schedule.advance(position, steps, config.epochs)
+                progress.update(1)
+                step = self.global_step
+                if step % config.summary_every == 0:
+                    now = time.perf_counter()
+                    self.write_scalars(logs, (now - tick) / config.summary_every)
+                    tick = now
+                    progress.set_postfix({short: f"{float(logs[name]):.3g}" for name, short in PROGRESS_LOGS.items() if name in logs})
+                if config.validation_pairs and step % config.validation_every == 0:
+                    self.validate()
+                    last_validated = step
+                if step % config.checkpoint_every == 0 or position.stage != stage:
+                    self.save(position)
+                    last_saved = step
             if self.global_step != last_saved:
                 self.save(position)
-            if self.chief and config.validation_pairs and self.global_step != last_validated:
+            if config.validation_pairs and self.global_step != last_validated:
                 self.validate()
         writer.flush()
         progress.close()
@@ -427,9 +459,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DatasetError, SchemaVersionError, PerceptualWeightsError, StrategyError, ResumeError) as error:
         print(f"ctdeblur-train: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except tf.errors.DataLossError as error:
-        print(f"ctdeblur-train: error: a shard of {args.data} is damaged ({error.message}); "
-              "check the dataset with ctdeblur-shard-stats or rebuild it", file=sys.stderr)
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
+        print(f"ctdeblur-train: error: reading {args.data} failed: {error.message.strip()}\n"
+              "  (a damaged shard, or records this reader does not know); check the dataset with "
+              "ctdeblur-shard-stats, or rebuild it", file=sys.stderr)
         return EXIT_USER_ERROR
 
 

@@ -15,7 +15,15 @@ import sys
 import numpy as np
 from scipy import ndimage
 
-from tfrecords_schema import MOTION_PARAM_NAMES, Pair, encode_pair, shard_name, split_dir, write_records
+from tfrecords_schema import (
+    MOTION_PARAM_NAMES,
+    SCHEMA_VERSION,
+    Pair,
+    encode_pair,
+    shard_name,
+    split_dir,
+    write_records,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_BIN = os.path.join(os.path.dirname(sys.executable), "ctdeblur-train")
@@ -65,19 +73,25 @@ def write_dataset(root: str, *, train_pairs: int = 8, test_pairs: int = 2, size=
         info[name] = {"pairs": count, "patients": 3, "series": 1, "shards": shard_info}
     if manifest:
         with open(os.path.join(root, "manifest.json"), "w") as handle:
-            json.dump({"schema_version": 1, "compression": "none", "config": {}, "splits": info}, handle)
+            json.dump({"schema_version": SCHEMA_VERSION, "compression": "none", "config": {}, "splits": info}, handle)
     return root
 
 
 def run_train(args: list[str], env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
     """Runs `ctdeblur-train ARGS` in a subprocess; returns the completed process (text output)."""
-    return subprocess.run([TRAIN_BIN, *args], capture_output=True, text=True, timeout=timeout,
+    return subprocess.run([TRAIN_BIN, *args], check=False, capture_output=True, text=True, timeout=timeout,
                           env=train_env(env), cwd=REPO)
 
 
+NO_NETWORK = {"https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
+              "http_proxy": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
+"""Proxy settings that make every HTTP(S) download fail at once (the port refuses connections).
+Not for multi-worker runs: gRPC would route the workers' own connections through it too."""
+
+
 def train_env(extra: dict | None = None) -> dict:
-    """Environment of trainer subprocesses: quiet TensorFlow, one thread pool, no network."""
+    """Environment of trainer subprocesses: quiet TensorFlow logs, plus `extra`."""
     env = dict(os.environ)
-    env.update({"TF_CPP_MIN_LOG_LEVEL": "2", "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"})
+    env.update({"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"})
     env.update(extra or {})
     return env

@@ -37,13 +37,16 @@ def test_core_stack_pins():
     assert versions["numpy"].startswith("1.")
 
 
-@pytest.mark.parametrize("dockerfile", ["docker/pipeline/Dockerfile"])
-def test_dockerfiles_install_from_the_same_pins(dockerfile):
+@pytest.mark.parametrize("dockerfile, base_pattern, package", [
+    ("docker/pipeline/Dockerfile", r"^FROM apache/beam_python3\.11_sdk:(\S+)$", "apache-beam"),
+    ("docker/trainer/Dockerfile", r"^FROM tensorflow/tensorflow:(\S+)-gpu$", "tensorflow"),
+])
+def test_dockerfiles_install_from_the_same_pins(dockerfile, base_pattern, package):
     text = open(os.path.join(ROOT, dockerfile)).read()
     assert re.search(r"pip install [^\n]*-c constraints\.txt", text)
     assert "COPY constraints.txt" in text
-    base = re.search(r"^FROM apache/beam_python3\.11_sdk:(\S+)", text, re.M)
-    assert base and base.group(1) == pins()["apache-beam"]
+    base = re.search(base_pattern, text, re.M)
+    assert base and base.group(1) == pins()[package]
 
 
 def test_sdist_contains_every_module_and_the_pins(tmp_path):
