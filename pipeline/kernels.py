@@ -38,7 +38,7 @@ class MotionParams:
 
 def sample_motion_params(rng: np.random.Generator, config: MotionConfig) -> MotionParams:
     """Draws trajectory parameters from the ranges in `config` (DeblurGAN's by default)."""
-    anxiety = config.anxiety_max * rng.uniform()
+    anxiety = rng.uniform(config.anxiety_min, config.anxiety_max)
     return MotionParams(
         length_px=float(rng.uniform(config.length_px_min, config.length_px_max)),
         anxiety=float(anxiety),
