@@ -90,34 +90,29 @@ def _archive_rejection(source: str, series_uid: str, error: ArchiveError) -> Rej
     return Rejection("", error.reason, f"{source}{status}: {error.detail}", "fetch", series_uid, unit="series")
 
 
-class FetchTciaFn(beam.DoFn):
-    """SeriesRecord -> InputFile per downloaded file, or a series Rejection with the HTTP status."""
+def tcia_series_files(record, config: PipelineConfig) -> list[str]:
+    """Downloads (or finds in the cache) a TCIA series; its files' paths."""
+    return fetch_series(record, config.tcia_config())
 
-    def __init__(self, config: PipelineConfig):
+
+def idc_files(record: IdcSeriesRecord, config: PipelineConfig) -> list[str]:
+    """The files of an IDC series in the bucket (or the root --idc_bucket_root maps it to)."""
+    return idc_series_files(record, config.idc_bucket_root or None)
+
+
+class FetchSeriesFn(beam.DoFn):
+    """Archive series record -> InputFile per file, or a series Rejection with the HTTP status."""
+
+    def __init__(self, source: str, series_files, config: PipelineConfig):
+        self.source = source
+        self.series_files = series_files
         self.config = config
 
     def process(self, record):
         try:
-            paths = fetch_series(record, self.config.tcia_config())
+            paths = self.series_files(record, self.config)
         except ArchiveError as error:
-            yield beam.pvalue.TaggedOutput(REJECTED, _archive_rejection("tcia", record.series_uid, error))
-            return
-        Metrics.counter(NAMESPACE, "series_fetched").inc()
-        for path in paths:
-            yield InputFile(path, record.collection)
-
-
-class FetchIdcFn(beam.DoFn):
-    """IdcSeriesRecord -> InputFile per file in the bucket (or its mapped root)."""
-
-    def __init__(self, config: PipelineConfig):
-        self.config = config
-
-    def process(self, record: IdcSeriesRecord):
-        try:
-            paths = idc_series_files(record, self.config.idc_bucket_root or None)
-        except ArchiveError as error:
-            yield beam.pvalue.TaggedOutput(REJECTED, _archive_rejection("idc", record.series_uid, error))
+            yield beam.pvalue.TaggedOutput(REJECTED, _archive_rejection(self.source, record.series_uid, error))
             return
         Metrics.counter(NAMESPACE, "series_fetched").inc()
         for path in paths:

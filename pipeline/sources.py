@@ -19,10 +19,11 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.archive_sources import (
     REJECTED,
-    FetchIdcFn,
-    FetchTciaFn,
+    FetchSeriesFn,
     RegisterPairFn,
+    idc_files,
     listing_rejections,
+    tcia_series_files,
 )
 from pipeline.config import PipelineConfig
 from pipeline.files import list_files, write_bytes
@@ -95,10 +96,10 @@ class ReadSource(beam.PTransform):
 
     def expand(self, pbegin):
         if self.source == "tcia":
-            return self._fetched(pbegin, self.listing.kept, FetchTciaFn(self.config),
+            return self._fetched(pbegin, self.listing.kept, FetchSeriesFn("tcia", tcia_series_files, self.config),
                                  listing_rejections(self.listing, "tcia"))
         if self.source == "idc":
-            return self._fetched(pbegin, self.listing.kept, FetchIdcFn(self.config),
+            return self._fetched(pbegin, self.listing.kept, FetchSeriesFn("idc", idc_files, self.config),
                                  listing_rejections(self.listing, "idc"))
         if self.source == "pairs":
             return self._fetched(pbegin, self.listing, RegisterPairFn(self.config, self.work_dir))
