@@ -8,9 +8,13 @@ clipped. The training window and settings are written beside it in `ctdeblur_gen
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from model.config import TrainConfig
@@ -19,6 +23,10 @@ from model.networks import build_generator
 
 EXPORT_INFO_NAME = "ctdeblur_generator.json"
 SIGNATURE_NAME = "deblur_hu"
+
+
+class ExportError(ValueError):
+    """A model directory is missing, not a ctdeblur export, or unloadable; the message names it."""
 
 
 def deblur_function(generator: keras.Model, hu_window: tuple[float, float]):
@@ -61,3 +69,41 @@ def export_generator(generator: keras.Model, config: TrainConfig, export_dir: st
     with tf.io.gfile.GFile(join(export_dir, EXPORT_INFO_NAME), "w") as handle:
         handle.write(json.dumps({"hu_window": list(config.hu_window), "signature": SIGNATURE_NAME,
                                  "config": config.to_dict(), **info}, indent=2))
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportedGenerator:
+    """A loaded export: `deblur(hu)` maps float32 HU `[B, H, W]` to restored HU `[B, H, W]`.
+
+    name: the model's name (`model` in the export info, else the directory's base name).
+    info: the export's `ctdeblur_generator.json` (hu_window, config, run info).
+    """
+
+    path: str
+    name: str
+    info: dict[str, Any]
+    signature: Any
+
+    def deblur(self, hu: np.ndarray) -> np.ndarray:
+        """Restored HU (float32 `[B, H, W]`) of blurry HU `[B, H, W]` (any H, W)."""
+        images = tf.convert_to_tensor(np.asarray(hu, np.float32)[..., np.newaxis])
+        return self.signature(hu=images)["hu"].numpy()[..., 0]
+
+
+def load_exported_generator(export_dir: str) -> ExportedGenerator:
+    """Loads a directory written by `export_generator` (local or gs://); ExportError if it is not one."""
+    info_path = join(export_dir, EXPORT_INFO_NAME)
+    if not tf.io.gfile.exists(info_path):
+        raise ExportError(
+            f"{export_dir} is not an exported ctdeblur generator: {EXPORT_INFO_NAME} is missing "
+            "(export one with `ctdeblur-train ... --export DIR`)"
+        )
+    try:
+        with tf.io.gfile.GFile(info_path, "r") as handle:
+            info = json.loads(handle.read())
+        loaded = tf.saved_model.load(export_dir)
+        signature = loaded.signatures["serving_default"]
+    except (json.JSONDecodeError, KeyError, OSError, ValueError, tf.errors.OpError) as error:
+        raise ExportError(f"cannot load the exported generator in {export_dir}: {error}") from error
+    name = str(info.get("model") or os.path.basename(export_dir.rstrip("/")))
+    return ExportedGenerator(path=export_dir, name=name, info=info, signature=signature)
