@@ -1,8 +1,9 @@
-"""`TrainConfig`: the training stage's one frozen config, from presets, YAML and flags.
+"""`TrainConfig`: the training stage's one frozen config, from presets, models, YAML and flags.
 
-Precedence: named preset (default `paper`, the reference paper's recipe) < YAML file < flags.
-Every field carries its help text (with units) in its metadata and one flag is generated per
-field, so `ctdeblur-train --help` documents each of them.
+Precedence: named preset (default `paper`, the reference paper's recipe) < the `model` recipe's
+settings (`MODEL_SETTINGS`: ours, deblurgan, pix2pix) < YAML file < flags. Every field carries
+its help text (with units) in its metadata and one flag is generated per field, so
+`ctdeblur-train --help` documents each of them.
 """
 
 from __future__ import annotations
@@ -25,7 +26,12 @@ VGG19_LAYERS = (
 """Layer names of Keras' VGG19 without its classifier: the choices of `perceptual_layer`."""
 
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
+MODELS = ("ours", "deblurgan", "pix2pix")
+"""Training recipes: the reference paper's, and the two learned baselines of its Table 1."""
 TRAIN_SUBDATASETS = 7
+
+MAX_UNET_DEPTH = 10
+"""Deepest U-Net allowed: inputs are padded to a multiple of 2^depth pixels (1,024 at 10)."""
 
 RUNTIME_FIELDS = frozenset(
     {"strategy", "jit_compile", "checkpoint_every", "checkpoints_to_keep", "summary_every", "validation_every"}
@@ -41,15 +47,27 @@ def _field(default: Any, help: str, **kwargs: Any) -> Any:
 class TrainConfig:
     """Everything that decides a training run (with the dataset); paper values by default."""
 
-    generator: str = _field("resnet", "generator network", choices=("resnet",))
-    generator_filters: int = _field(64, "filters of the generator's first conv (x2, x4 after the downsampling convs)")
-    generator_blocks: int = _field(9, "ResBlocks in the generator")
-    generator_dropout: float = _field(0.5, "dropout rate inside each ResBlock (training only)")
-    critic: str = _field("patchgan", "critic network", choices=("patchgan",))
+    model: str = _field(
+        "ours",
+        "training recipe, its settings applied on top of the preset (YAML and flags override them): ours (the "
+        "reference paper: WGAN-GP + l1 VGG19 perceptual loss), deblurgan (Kupyn et al. 2018: WGAN-GP + l2 perceptual "
+        "loss), pix2pix (Isola et al. 2017: conditional PatchGAN discriminator, BCE + l1_weight x pixel l1)",
+        choices=MODELS,
+    )
+    generator: str = _field("resnet", "generator network: resnet (DeblurGAN) or unet (pix2pix)", choices=("resnet", "unet"))
+    generator_filters: int = _field(
+        64, "filters of the generator's first conv (resnet: x2, x4 after the downsampling convs; unet: doubling per level, at most x8)"
+    )
+    generator_blocks: int = _field(9, "ResBlocks in the resnet generator")
+    generator_dropout: float = _field(0.5, "dropout rate inside each ResBlock, or of the U-Net's first 3 decoder blocks (training only)")
+    unet_depth: int = _field(
+        0, "down-sampling levels of the unet generator (pix2pix: 8); 0 = log2(crop_size), at most 8 (1-pixel bottleneck)"
+    )
+    critic: str = _field("patchgan", "critic network (pix2pix's discriminator: the same PatchGAN, fed (blurry, image) pairs)", choices=("patchgan",))
     critic_filters: int = _field(64, "filters of the critic's first conv block (doubling, at most x8)")
     critic_blocks: int = _field(4, "conv blocks of the PatchGAN critic (batch norm on all but the first)")
 
-    critic_steps: int = _field(5, "critic updates per generator update")
+    critic_steps: int = _field(5, "critic (discriminator) updates per generator update")
     gp_weight: float = _field(10.0, "gradient-penalty weight alpha of WGAN-GP")
     perceptual_weight: float = _field(100.0, "lambda: weight of the perceptual loss against the adversarial loss")
     perceptual_layer: str = _field(
@@ -57,6 +75,7 @@ class TrainConfig:
         choices=VGG19_LAYERS,
     )
     perceptual_distance: str = _field("l1", "feature distance: l1 (the paper) or l2 (original DeblurGAN)", choices=("l1", "l2"))
+    l1_weight: float = _field(100.0, "pix2pix only: lambda, weight of the pixel l1 loss (network range [-1, 1]) against the adversarial loss")
     perceptual_weights: str = _field(
         "imagenet",
         "VGG19 weights: imagenet (Keras cache, then download), a .h5 PATH, or random-init (no ImageNet features)",
@@ -99,9 +118,12 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_steps_per_epoch", "generator_warmup_steps", "validation_pairs", "gp_weight", "perceptual_weight"):
+        for name in ("max_steps_per_epoch", "generator_warmup_steps", "validation_pairs", "gp_weight", "perceptual_weight",
+                     "unet_depth", "l1_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.unet_depth > MAX_UNET_DEPTH:
+            raise ValueError(f"unet_depth must be at most {MAX_UNET_DEPTH} (0 = from crop_size), got {self.unet_depth}")
         if not 0.0 <= self.generator_dropout < 1.0:
             raise ValueError(f"generator_dropout must be in [0, 1), got {self.generator_dropout}")
         if self.crop_size < 16:
@@ -123,6 +145,11 @@ class TrainConfig:
         if not self.perceptual_weights:
             raise ValueError("perceptual_weights must be imagenet, random-init or a path to a VGG19 .h5 file")
         return self
+
+    @property
+    def perceptual(self) -> bool:
+        """Whether the content loss is the VGG19 perceptual loss (ours, deblurgan), not pix2pix's pixel l1."""
+        return self.model != "pix2pix"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (tuples as lists) for YAML and TensorBoard."""
@@ -168,6 +195,27 @@ an hour on 2 cores: 20 epochs of at most 15 steps on each sub-dataset, 2,100 ste
 dataset is the 240-pair demo or paper-sized), `tiny` (seconds, for tests and the demo)."""
 
 
+MODEL_SETTINGS: Mapping[str, Mapping[str, Any]] = {
+    "ours": {},
+    "deblurgan": {
+        "perceptual_distance": "l2",
+        "generator_warmup_steps": 0,
+    },
+    "pix2pix": {
+        "generator": "unet",
+        "critic_steps": 1,
+        "generator_learning_rate": 2e-4,
+        "critic_learning_rate": 2e-4,
+        "generator_warmup_steps": 0,
+    },
+}
+"""Each model's differences from the reference paper's recipe, applied on top of the preset:
+`deblurgan` is Kupyn et al. 2018 (l2 perceptual loss; no generator-first warm-up, which is the
+reference paper's addition), `pix2pix` is Isola et al. 2017 (U-Net generator, one discriminator
+update per generator update, Adam 2e-4; its conditional BCE discriminator and pixel l1 loss come
+with the model itself). docs/training.md, "Models", justifies each setting."""
+
+
 def _field_types() -> dict[str, Any]:
     return typing.get_type_hints(TrainConfig)
 
@@ -196,16 +244,20 @@ def config_from_dict(values: Mapping[str, Any], base: TrainConfig | None = None,
     return TrainConfig(**merged).validate()
 
 
-def preset_config(name: str) -> TrainConfig:
-    """The named preset's config (ValueError naming the presets if `name` is unknown)."""
+def preset_config(name: str, model: str = "ours") -> TrainConfig:
+    """The named preset's config with the `model` recipe's settings on top (ValueError naming the
+    presets or the models if `name` or `model` is unknown)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return config_from_dict(PRESETS[name], where=f"preset {name}")
+    if model not in MODEL_SETTINGS:
+        raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
+    config = config_from_dict(PRESETS[name], where=f"preset {name}")
+    return config_from_dict({"model": model, **MODEL_SETTINGS[model]}, base=config, where=f"model {model}")
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """Adds --preset, --config and one flag per setting (default: unset, i.e. preset/YAML value)."""
-    group = parser.add_argument_group("training settings (preset < --config YAML < these flags)")
+    group = parser.add_argument_group("training settings (preset < --model's settings < --config YAML < these flags)")
     group.add_argument("--preset", choices=tuple(PRESETS), default="paper",
                        help="named settings: paper (the reference recipe, GPUs), small (<= 1 h on 2 CPU cores), tiny (seconds)")
     group.add_argument("--config", metavar="YAML", help="YAML file of settings with the flag names below as keys")
@@ -214,6 +266,10 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(TrainConfig):
         hint = hints[f.name]
         help_text = f"{f.metadata['help']} (paper: {getattr(defaults, f.name)})"
+        if f.name == "model":
+            recipes = (f"{model}: " + " ".join(f"{k}={v}" for k, v in settings.items())
+                       for model, settings in MODEL_SETTINGS.items() if settings)
+            help_text += "; settings: " + "; ".join(recipes)
         if hint is bool:
             group.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif typing.get_origin(hint) is tuple:
@@ -243,9 +299,14 @@ def read_yaml_settings(path: str) -> Mapping[str, Any]:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The config named by --preset, updated by --config YAML, then by explicit flags."""
-    config = preset_config(args.preset)
-    if args.config:
-        config = config_from_dict(read_yaml_settings(args.config), base=config, where=args.config)
+    """The config named by --preset, updated by the model's settings (--model, else `model` in the
+    YAML, else ours), then by --config YAML, then by explicit flags."""
+    settings = read_yaml_settings(args.config) if args.config else {}
+    model = args.model or settings.get("model", TrainConfig.model)
+    if not isinstance(model, str) or model not in MODEL_SETTINGS:
+        raise ValueError(f"unknown model {model!r} in {args.config}; choose one of {', '.join(MODELS)}")
+    config = preset_config(args.preset, model)
+    if settings:
+        config = config_from_dict(settings, base=config, where=args.config)
     flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
     return config_from_dict(flags, base=config, where="flags")

@@ -3,7 +3,8 @@
 The SavedModel needs only TensorFlow to load (`tf.saved_model.load`); its `serving_default`
 signature (also callable as `.deblur_hu`) takes float32 HU named `hu`, either `[H, W]` or
 `[B, H, W, 1]`, and returns `{"hu": ...}` of the same shape. HU outside the training window are
-clipped. The training window and settings are written beside it in `ctdeblur_generator.json`.
+clipped. The model's name (`ours`, `deblurgan`, `pix2pix`), the training window and settings are
+written beside it in `ctdeblur_generator.json`.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def export_generator(generator: keras.Model, config: TrainConfig, export_dir: st
     )
     archive.write_out(export_dir, verbose=False)
     with tf.io.gfile.GFile(join(export_dir, EXPORT_INFO_NAME), "w") as handle:
-        handle.write(json.dumps({"hu_window": list(config.hu_window), "signature": SIGNATURE_NAME,
+        handle.write(json.dumps({"model": config.model, "hu_window": list(config.hu_window), "signature": SIGNATURE_NAME,
                                  "config": config.to_dict(), **info}, indent=2))
 
 

@@ -1,8 +1,10 @@
-"""Loss functions of the WGAN-GP deblurring model: pure functions of tensors.
+"""Loss functions of the deblurring models: pure functions of tensors.
 
-Critic scores are `[B, ...]` (a PatchGAN's `[B, h, w, 1]` patch scores or `[B]`); an image's
-score is the mean over its patches. Images are `[B, H, W, C]` in the network range [-1, 1].
-Every loss is a scalar mean over the (per-replica) batch.
+WGAN-GP (the reference paper, DeblurGAN): critic scores are `[B, ...]` (a PatchGAN's
+`[B, h, w, 1]` patch scores or `[B]`); an image's score is the mean over its patches.
+pix2pix: the discriminator's patch logits `[B, h, w, 1]` each classify one patch (binary cross
+entropy, vanilla GAN). Images are `[B, H, W, C]` in the network range [-1, 1]. Every loss is a
+scalar mean over the (per-replica) batch.
 """
 
 from __future__ import annotations
@@ -91,3 +93,27 @@ def perceptual_loss(
     """
     target = tf.stop_gradient(features(vgg_input(sharp)))
     return feature_distance(features(vgg_input(restored)), target, distance)
+
+
+def _bce_with_logits(logits: tf.Tensor, label: float) -> tf.Tensor:
+    """Mean binary cross entropy of patch logits against one label (1 real, 0 fake)."""
+    logits = tf.cast(logits, tf.float32)
+    return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.fill(tf.shape(logits), label), logits=logits))
+
+
+def discriminator_bce_loss(real_logits: tf.Tensor, fake_logits: tf.Tensor) -> tf.Tensor:
+    """pix2pix's discriminator loss: (BCE(D(blurry, sharp), 1) + BCE(D(blurry, restored), 0)) / 2.
+
+    Halved as in Isola et al. 2017, to slow the discriminator relative to the generator.
+    """
+    return 0.5 * (_bce_with_logits(real_logits, 1.0) + _bce_with_logits(fake_logits, 0.0))
+
+
+def generator_bce_loss(fake_logits: tf.Tensor) -> tf.Tensor:
+    """pix2pix's adversarial generator loss BCE(D(blurry, restored), 1) (the non-saturating -log D)."""
+    return _bce_with_logits(fake_logits, 1.0)
+
+
+def pixel_l1_loss(restored: tf.Tensor, sharp: tf.Tensor) -> tf.Tensor:
+    """Mean absolute difference of two images `[B, H, W, C]` (network range: 1 = 2047.5 HU by default)."""
+    return tf.reduce_mean(tf.abs(tf.cast(restored, tf.float32) - tf.cast(sharp, tf.float32)))

@@ -1,11 +1,13 @@
 """Generator and critic networks (Keras 3 on TensorFlow), single-channel CT in and out.
 
 Images are `[B, H, W, 1]` float32 in the network range [-1, 1] (see `model.data.hu_to_unit`).
-`GENERATORS` and `CRITICS` map the config names to builders so other networks can be plugged in.
+`GENERATORS` and `CRITICS` map the config names to builders so other networks can be plugged in:
+the ResNet generator (DeblurGAN, the reference paper) and the U-Net generator (pix2pix).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 
 import keras
@@ -60,6 +62,30 @@ class PadToMultiple(keras.layers.Layer):
         return {**super().get_config(), "multiple": self.multiple}
 
 
+def mirror_indices(size: tf.Tensor, padded: tf.Tensor) -> tf.Tensor:
+    """Indices 0..padded-1 into an axis of length `size`, mirrored (edge included) as often as needed.
+
+    For `padded - size <= size` this is what `tf.pad(..., mode="SYMMETRIC")` takes; beyond that the
+    mirror image repeats (0, 1, .., n-1, n-1, .., 0, 0, 1, ..).
+    """
+    index = tf.range(padded) % (2 * size)
+    return tf.where(index < size, index, 2 * size - 1 - index)
+
+
+class MirrorPadToMultiple(PadToMultiple):
+    """Pads H and W at the bottom/right up to a multiple of `multiple` with repeated mirroring.
+
+    The same values as `PadToMultiple` where that works; unlike `tf.pad`, the padding may exceed
+    the image (a U-Net of depth 8 pads a 37-pixel side to 256).
+    """
+
+    def call(self, x):
+        shape = tf.shape(x)
+        rows = mirror_indices(shape[1], shape[1] + (-shape[1]) % self.multiple)
+        cols = mirror_indices(shape[2], shape[2] + (-shape[2]) % self.multiple)
+        return tf.gather(tf.gather(x, rows, axis=1), cols, axis=2)
+
+
 class CropLike(keras.layers.Layer):
     """Crops `x` (`[B, H', W', C]`, H' >= H) to the H and W of `reference` from the top left."""
 
@@ -91,6 +117,18 @@ class LeakyReLU(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "slope": self.slope}
+
+
+class SkipSafeLeakyReLU(LeakyReLU):
+    """The same function as `LeakyReLU`, as relu(x) - slope * relu(-x) (bit-identical values).
+
+    For the U-Net, whose first conv feeds both this activation and a skip connection: the graph
+    remapper's conv + bias + leaky-ReLU fusion fails on that fan-out (and then leaves the whole
+    graph unoptimised, with an error in the log); this form is not fused.
+    """
+
+    def call(self, x):
+        return tf.nn.relu(x) - self.slope * tf.nn.relu(-x)
 
 
 class GlobalSkip(keras.layers.Layer):
@@ -155,14 +193,65 @@ def build_resnet_generator(filters: int = 64, blocks: int = 9, dropout: float = 
     return keras.Model(image, restored, name=name)
 
 
-def build_patchgan_critic(filters: int = 64, blocks: int = 4, name: str = "critic") -> keras.Model:
-    """PatchGAN critic: `[B, H, W, 1]` in [-1, 1] -> unbounded patch scores `[B, h, w, 1]` (float32).
+MAX_UNET_DEPTH_FROM_CROP = 8
+"""pix2pix's depth: 8 levels take its 256-pixel crops to a 1-pixel bottleneck."""
+
+
+def unet_depth(config: TrainConfig) -> int:
+    """Levels of the U-Net: `config.unet_depth`, or if 0 the levels that take a `crop_size` crop
+    to a 1-pixel bottleneck (floor(log2(crop_size))), at most 8 (pix2pix at 256 pixels)."""
+    return config.unet_depth or min(MAX_UNET_DEPTH_FROM_CROP, int(math.log2(config.crop_size)))
+
+
+def build_unet_generator(filters: int = 64, depth: int = 8, dropout: float = 0.5, name: str = "generator") -> keras.Model:
+    """pix2pix's U-Net generator (Isola et al. 2017), `[B, H, W, 1]` -> `[B, H, W, 1]` in [-1, 1].
+
+    Encoder: `depth` 4x4 stride-2 convs with `filters` x 1, 2, 4, 8, 8, .. filters (pix2pix at
+    depth 8 and 64 filters: C64-C128-C256-C512-C512-C512-C512-C512), each but the first preceded
+    by LeakyReLU 0.2, instance norm on all but the first and the innermost. Decoder: per level
+    ReLU, 4x4 stride-2 transposed conv back to the encoder level's filters, instance norm,
+    dropout `dropout` in the first 3 blocks, concatenation with the encoder level's output (the
+    skip connection); then ReLU, a 4x4 stride-2 transposed conv to one channel and tanh: the
+    output is the restored image (no global skip, as in pix2pix). Instance norm, not batch
+    norm: what pix2pix's batch norm computes at its batch size 1, the same in training and
+    inference. Any H x W: mirror-padded to a multiple of 2^depth and cropped back.
+    """
+    if depth < 1:
+        raise ValueError(f"the U-Net needs at least one level, got depth {depth}")
+    widths = [filters * min(2**level, 8) for level in range(depth)]
+    image = keras.Input(shape=(None, None, 1), name="blurry")
+    x = MirrorPadToMultiple(2**depth, name="pad_to_multiple")(image)
+    skips = []
+    for level, width in enumerate(widths):
+        if level > 0:
+            x = SkipSafeLeakyReLU(0.2, name=f"down{level}_lrelu")(x)
+        x = keras.layers.Conv2D(width, 4, strides=2, padding="same", name=f"down{level}_conv")(x)
+        if 0 < level < depth - 1:
+            x = instance_norm(f"down{level}_norm")(x)
+        skips.append(x)
+    for block, level in enumerate(range(depth - 2, -1, -1)):
+        x = keras.layers.ReLU(name=f"up{level}_relu")(x)
+        x = keras.layers.Conv2DTranspose(widths[level], 4, strides=2, padding="same", name=f"up{level}_conv")(x)
+        x = instance_norm(f"up{level}_norm")(x)
+        if dropout and block < 3:
+            x = keras.layers.Dropout(dropout, name=f"up{level}_dropout")(x)
+        x = keras.layers.Concatenate(name=f"up{level}_skip")([x, skips[level]])
+    x = keras.layers.ReLU(name="tail_relu")(x)
+    x = keras.layers.Conv2DTranspose(1, 4, strides=2, padding="same", name="tail_conv")(x)
+    x = keras.layers.Activation("tanh", dtype="float32", name="tanh")(x)
+    restored = CropLike(dtype="float32", name="restored")(x, image)
+    return keras.Model(image, restored, name=name)
+
+
+def build_patchgan_critic(filters: int = 64, blocks: int = 4, channels: int = 1, name: str = "critic") -> keras.Model:
+    """PatchGAN critic: `[B, H, W, channels]` in [-1, 1] -> unbounded patch scores `[B, h, w, 1]` (float32).
 
     `blocks` 4x4 conv blocks (filters doubling from `filters`, at most x8; stride 2 except the
     last), batch norm on all but the first, LeakyReLU 0.2; then a 4x4 conv to one score per patch.
-    No sigmoid: the scores are a Wasserstein critic's. Paper defaults: filters 64, blocks 4.
+    No sigmoid: the scores are a Wasserstein critic's, or a pix2pix discriminator's logits (then
+    `channels` 2: the blurry image and the image judged). Paper defaults: filters 64, blocks 4.
     """
-    image = keras.Input(shape=(None, None, 1), name="image")
+    image = keras.Input(shape=(None, None, channels), name="image")
     x = image
     for i in range(blocks):
         stride = 2 if i < blocks - 1 else 1
@@ -176,9 +265,10 @@ def build_patchgan_critic(filters: int = 64, blocks: int = 4, name: str = "criti
 
 GENERATORS: Mapping[str, Callable[[TrainConfig], keras.Model]] = {
     "resnet": lambda c: build_resnet_generator(c.generator_filters, c.generator_blocks, c.generator_dropout),
+    "unet": lambda c: build_unet_generator(c.generator_filters, unet_depth(c), c.generator_dropout),
 }
-CRITICS: Mapping[str, Callable[[TrainConfig], keras.Model]] = {
-    "patchgan": lambda c: build_patchgan_critic(c.critic_filters, c.critic_blocks),
+CRITICS: Mapping[str, Callable[[TrainConfig, int], keras.Model]] = {
+    "patchgan": lambda c, channels: build_patchgan_critic(c.critic_filters, c.critic_blocks, channels),
 }
 
 
@@ -187,6 +277,6 @@ def build_generator(config: TrainConfig) -> keras.Model:
     return GENERATORS[config.generator](config)
 
 
-def build_critic(config: TrainConfig) -> keras.Model:
-    """The critic named by `config.critic`, sized by the config."""
-    return CRITICS[config.critic](config)
+def build_critic(config: TrainConfig, channels: int = 1) -> keras.Model:
+    """The critic named by `config.critic`, sized by the config, judging `channels`-channel inputs."""
+    return CRITICS[config.critic](config, channels)

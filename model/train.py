@@ -1,7 +1,10 @@
-"""`ctdeblur-train`: WGAN-GP training of the CT deblurring generator with tf.distribute.
+"""`ctdeblur-train`: training of the CT deblurring generator with tf.distribute.
 
-    ctdeblur-train --data DIR --logdir DIR [--preset paper|small|tiny] [--config YAML]
-                   [--export DIR] [--strategy auto|default|mirrored|multi_worker] [...]
+    ctdeblur-train --data DIR --logdir DIR [--preset paper|small|tiny] [--model ours|deblurgan|pix2pix]
+                   [--config YAML] [--export DIR] [--strategy auto|default|mirrored|multi_worker] [...]
+
+`--model` picks the recipe: ours (the reference paper's WGAN-GP, the default), or the learned
+baselines deblurgan and pix2pix, trained by the same schedule at the same budget.
 
 DIR may be local or gs://. The train sub-datasets are fed one after another, `epochs` epochs
 each; checkpoints in LOGDIR/checkpoints store the models, optimizers and the schedule position,
@@ -46,12 +49,13 @@ from model.distribute import (
     task_id,
 )
 from model.export import SIGNATURE_NAME, export_generator
-from model.gan import DeblurWGAN
+from model.gan import ConditionalGAN, DeblurWGAN, Pix2Pix
 from model.metrics import display, psnr_hu, ssim_hu
 from model.networks import build_critic, build_generator
 from model.perceptual import (
     RANDOM_INIT,
     PerceptualWeightsError,
+    WeightsSource,
     feature_extractor,
     load_vgg19,
 )
@@ -61,7 +65,9 @@ CHECKPOINT_DIR = "checkpoints"
 CONFIG_NAME = "train_config.yaml"
 EXIT_USER_ERROR = 2
 EXIT_SIGTERM = 143
-PROGRESS_LOGS = {"critic/wasserstein_estimate": "W", "critic/gradient_penalty": "gp", "generator/total": "G"}
+PROGRESS_LOGS = {"critic/wasserstein_estimate": "W", "critic/gradient_penalty": "gp", "discriminator/loss": "D",
+                 "generator/total": "G"}
+NO_PERCEPTUAL_LOSS = WeightsSource("none", "", "none (pix2pix has no perceptual loss)")
 
 
 class ResumeError(ValueError):
@@ -74,21 +80,30 @@ def make_optimizer(learning_rate: float, config: TrainConfig) -> keras.optimizer
     return keras.optimizers.LossScaleOptimizer(adam) if config.mixed_precision else adam
 
 
-def build_model(config: TrainConfig, vgg: keras.Model) -> DeblurWGAN:
-    """Generator, critic and perceptual features from `config`, compiled with both optimizers.
+def build_model(config: TrainConfig, vgg: keras.Model | None) -> ConditionalGAN:
+    """The `config.model`'s GAN (generator, critic and losses from `config`), compiled with both
+    optimizers. `vgg`: VGG19 for the perceptual loss (None for pix2pix, which has none).
 
     Call inside `strategy.scope()` so the variables are distributed.
     """
-    gan = DeblurWGAN(
-        build_generator(config),
-        build_critic(config),
-        feature_extractor(vgg, config.perceptual_layer),
-        critic_steps=config.critic_steps,
-        gp_weight=config.gp_weight,
-        perceptual_weight=config.perceptual_weight,
-        perceptual_distance=config.perceptual_distance,
-        seed=config.seed,
-    )
+    if config.perceptual:
+        gan = DeblurWGAN(
+            build_generator(config),
+            build_critic(config),
+            feature_extractor(vgg, config.perceptual_layer),
+            critic_steps=config.critic_steps,
+            gp_weight=config.gp_weight,
+            perceptual_weight=config.perceptual_weight,
+            perceptual_distance=config.perceptual_distance,
+            seed=config.seed,
+        )
+    else:
+        gan = Pix2Pix(
+            build_generator(config),
+            build_critic(config, channels=Pix2Pix.critic_channels),
+            critic_steps=config.critic_steps,
+            l1_weight=config.l1_weight,
+        )
     gan.compile(
         make_optimizer(config.generator_learning_rate, config),
         make_optimizer(config.critic_learning_rate, config),
@@ -117,12 +132,16 @@ def weights_digest(model: keras.Model) -> str:
 
 
 def config_differences(saved: dict, current: TrainConfig) -> list[str]:
-    """Settings (other than `RUNTIME_FIELDS`) whose values differ between a saved run and now."""
-    now = current.to_dict()
+    """Settings (other than `RUNTIME_FIELDS`) whose values differ between a saved run and now.
+
+    A setting missing from the saved file (written before the setting existed) has its default
+    value, which is what that run used.
+    """
+    now, defaults = current.to_dict(), TrainConfig().to_dict()
     return [
-        f"{name}: {saved.get(name)!r} in the logdir, {now[name]!r} now"
+        f"{name}: {saved.get(name, defaults[name])!r} in the logdir, {now[name]!r} now"
         for name in now
-        if name not in RUNTIME_FIELDS and saved.get(name) != now[name]
+        if name not in RUNTIME_FIELDS and saved.get(name, defaults[name]) != now[name]
     ]
 
 
@@ -159,7 +178,9 @@ class Training:
         keras.mixed_precision.set_global_policy("mixed_float16" if config.mixed_precision else "float32")
         keras.utils.set_random_seed(config.seed)
         with self.strategy.scope():
-            vgg, self.weights_source = load_vgg19(config.perceptual_weights)
+            vgg, self.weights_source = (
+                load_vgg19(config.perceptual_weights) if config.perceptual else (None, NO_PERCEPTUAL_LOSS)
+            )
             self.gan = build_model(config, vgg)
         if self.weights_source.kind == RANDOM_INIT:
             self.say(f"WARNING: perceptual loss uses {self.weights_source.description} (--perceptual_weights {RANDOM_INIT})")
@@ -179,9 +200,9 @@ class Training:
             critic=gan.critic,
             generator_optimizer=gan.generator_optimizer,
             critic_optimizer=gan.critic_optimizer,
-            interpolation_seed=gan.interpolation_seed.state,
             generator_state=list(gan.generator.non_trainable_variables),
             critic_state=list(gan.critic.non_trainable_variables),
+            **gan.checkpoint_state(),
             **self.position_vars,
         )
         self.checkpoint_dir = join(self.logdir, CHECKPOINT_DIR)
@@ -198,6 +219,13 @@ class Training:
         if latest and tf.io.gfile.exists(config_path):
             with tf.io.gfile.GFile(config_path, "r") as handle:
                 saved = yaml.safe_load(handle.read()) or {}
+            saved_model = saved.get("model", TrainConfig.model)
+            if saved_model != self.config.model:
+                raise ResumeError(
+                    f"{self.logdir} holds a run of --model {saved_model}, this command trains --model "
+                    f"{self.config.model}; a run cannot change its model: pass --model {saved_model} to resume it, "
+                    "or use a new --logdir"
+                )
             differences = config_differences(saved, self.config)
             if differences:
                 raise ResumeError(
@@ -293,7 +321,7 @@ class Training:
     def write_scalars(self, logs: dict, seconds_per_step: float) -> None:
         for name, value in logs.items():
             tf.summary.scalar(name, float(value), step=self.global_step)
-        for name, optimizer in (("generator", self.gan.generator_optimizer), ("critic", self.gan.critic_optimizer)):
+        for name, optimizer in (("generator", self.gan.generator_optimizer), (self.gan.critic_label, self.gan.critic_optimizer)):
             rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
             tf.summary.scalar(f"learning_rate/{name}", rate, step=self.global_step)
         if seconds_per_step > 0:
@@ -374,8 +402,9 @@ class Training:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ctdeblur-train",
-        description="Train the WGAN-GP CT deblurring generator on a ctdeblur dataset (local or gs://), "
-        "with TensorBoard summaries, resumable checkpoints and a SavedModel export.",
+        description="Train the CT deblurring generator on a ctdeblur dataset (local or gs://), with TensorBoard "
+        "summaries, resumable checkpoints and a SavedModel export. --model ours (default) is the reference "
+        "paper's WGAN-GP; deblurgan and pix2pix are the learned baselines, trained by the same schedule.",
         epilog="Rerun the same command with the same --logdir to resume after an interruption. "
         "See docs/training.md.",
     )
@@ -393,8 +422,14 @@ def print_start(training: Training) -> None:
     config = training.config
     training.say(f"ctdeblur-train: {strategy_name(training.strategy)}, global batch {training.global_batch} "
                  f"({config.batch_per_replica} per replica), {config.crop_size}x{config.crop_size} crops")
-    training.say(f"  perceptual loss: {config.perceptual_distance} of VGG19 {config.perceptual_layer} x "
-                 f"{config.perceptual_weight:g}, weights {training.weights_source.description}")
+    if config.perceptual:
+        training.say(f"  model {config.model}: WGAN-GP ({config.critic_steps} critic steps, alpha {config.gp_weight:g}), "
+                     f"{config.generator} generator")
+        training.say(f"  perceptual loss: {config.perceptual_distance} of VGG19 {config.perceptual_layer} x "
+                     f"{config.perceptual_weight:g}, weights {training.weights_source.description}")
+    else:
+        training.say(f"  model {config.model}: {config.generator} generator, conditional PatchGAN discriminator "
+                     f"({config.critic_steps} step(s)), BCE + {config.l1_weight:g} x pixel l1")
     for sub, steps in zip(config.subdatasets, training.steps):
         split = training.train_splits[sub]
         note = "" if steps else f"  (skipped: fewer pairs than the global batch {training.global_batch})"
