@@ -70,6 +70,7 @@ setup(
             "ctdeblur-phantom=pipeline.phantom_cli:main",
             "ctdeblur-shard-stats=pipeline.stats.cli:main",
             "ctdeblur-train=model.train:main",
+            "ctdeblur-evaluate=model.evaluate:main",
         ]
     },
 )

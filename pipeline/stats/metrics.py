@@ -78,8 +78,8 @@ def _ssim_function(window_hu: tuple[int, int], filter_size: int, sigma: float, k
 
     @tf.function(jit_compile=True)
     def filter_rows(sharp_hu: tf.Tensor, blurry_hu: tf.Tensor) -> tf.Tensor:
-        x = tf.clip_by_value(tf.cast(sharp_hu, tf.float32), low, high) / data_range
-        y = tf.clip_by_value(tf.cast(blurry_hu, tf.float32), low, high) / data_range
+        x = (tf.clip_by_value(tf.cast(sharp_hu, tf.float32), low, high) - low) / data_range
+        y = (tf.clip_by_value(tf.cast(blurry_hu, tf.float32), low, high) - low) / data_range
         moments = tf.stack([x, y, x * x + y * y, x * y])
         return _shifted_sum(moments, taps, axis=1)
 
@@ -115,7 +115,8 @@ def ssim_hu(
 ) -> tf.Tensor:
     """Mean SSIM (Wang et al. 2004) of two int16 [H, W] HU images, float64 scalar.
 
-    Both images are clipped to `window_hu` and data_range is its width. Local statistics use a
+    Both images are clipped to `window_hu` and shifted to start at 0 (0..width, the convention of
+    `ctdeblur-evaluate`), and data_range is its width. Local statistics use a
     separable Gaussian window (`filter_size` taps, `sigma` pixels) without padding, and the mean
     is taken over the valid region [H - filter_size + 1, W - filter_size + 1] (the convention of
     `skimage.metrics.structural_similarity(gaussian_weights=True, use_sample_covariance=False)`
