@@ -23,6 +23,8 @@ demo: venv
 	$(BIN)/ctdeblur-shard-stats $(DEMO_DIR) --json $(DEMO_DIR)/shard_stats.json --html $(DEMO_DIR)/shard_stats.html
 	$(BIN)/ctdeblur-train --data $(DEMO_DIR) --logdir $(DEMO_DIR)/train_logs --preset tiny \
 		--perceptual_weights random-init --export $(DEMO_DIR)/generator
+	$(BIN)/ctdeblur-evaluate --model $(DEMO_DIR)/generator --data $(DEMO_DIR)/test --preset quick \
+		--json $(DEMO_DIR)/evaluation.json --report $(DEMO_DIR)/evaluation
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -33,6 +35,7 @@ bench: venv
 	$(BIN)/python bench/projection_throughput.py --slices 16 --rounds 4
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/input_throughput.py
+	$(BIN)/python bench/evaluate_throughput.py --no-model
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache
