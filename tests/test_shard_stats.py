@@ -197,8 +197,8 @@ def _psnr(pair: Pair) -> float:
 def _ssim(pair: Pair) -> float:
     return float(
         structural_similarity(
-            np.clip(pair.sharp_hu.astype(np.float64), *WINDOW),
-            np.clip(pair.blurry_hu.astype(np.float64), *WINDOW),
+            np.clip(pair.sharp_hu.astype(np.float64), *WINDOW) - WINDOW[0],
+            np.clip(pair.blurry_hu.astype(np.float64), *WINDOW) - WINDOW[0],
             data_range=WINDOW[1] - WINDOW[0],
             gaussian_weights=True,
             sigma=1.5,
