@@ -23,6 +23,8 @@ demo: venv
 	$(BIN)/ctdeblur-shard-stats $(DEMO_DIR) --json $(DEMO_DIR)/shard_stats.json --html $(DEMO_DIR)/shard_stats.html
 	$(BIN)/ctdeblur-train --data $(DEMO_DIR) --logdir $(DEMO_DIR)/train_logs --preset tiny \
 		--perceptual_weights random-init --export $(DEMO_DIR)/generator
+	$(BIN)/ctdeblur-deblur $(DEMO_DIR)/phantom_dicom/PHANTOM-000 $(DEMO_DIR)/deblurred_dicom \
+		--model $(DEMO_DIR)/generator --overwrite --no-progress
 	$(BIN)/ctdeblur-evaluate --model $(DEMO_DIR)/generator --data $(DEMO_DIR)/test --preset quick \
 		--json $(DEMO_DIR)/evaluation.json --report $(DEMO_DIR)/evaluation
 

@@ -71,6 +71,7 @@ setup(
             "ctdeblur-shard-stats=pipeline.stats.cli:main",
             "ctdeblur-train=model.train:main",
             "ctdeblur-evaluate=model.evaluate:main",
+            "ctdeblur-deblur=model.deblur:main",
         ]
     },
 )
