@@ -38,6 +38,7 @@ bench: venv
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/input_throughput.py
 	$(BIN)/python bench/evaluate_throughput.py --no-model
+	$(BIN)/python bench/inference.py
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

@@ -53,6 +53,7 @@ from model.dicom_series import (
 PROG = "ctdeblur-deblur"
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_SIGTERM = 143
 FORMATS = ("dicom", "png", "nifti")
 NIFTI_NAME = "deblurred.nii.gz"
 OUTPUT_FILE_PATTERN = re.compile(r"^(CT\.\d{5,}\.(dcm|png)|deblurred\.nii\.gz)$")
@@ -80,7 +81,7 @@ class DeblurConfig:
     format: str = _field("dicom", "output: dicom (a new series), png (windowed 8-bit images) or nifti (one float32 HU volume)",
                          choices=FORMATS)
     batch_size: int = _field(4, "slices per generator call; 4 was fastest on 2 CPU cores (bench/inference.py); peak memory of "
-                                "the paper generator at 512x512: about 0.95 GB at 1, 1.6 GB at 4, 2.3 GB at 8")
+                                "the paper generator at 512x512: about 0.95 GB at 1, 1.55 GB at 4, 2.3 GB at 8")
     threads: int = _field(0, "CPU threads of TensorFlow's intra-op pool; 0 = one per core")
     series_description_suffix: str = _field(" deblurred", "appended to SeriesDescription (the result is cut to 64 characters)")
     series_number_offset: int = _field(1000, "SeriesNumber of the new series = the input's + this")
@@ -112,8 +113,8 @@ def config_from_dict(values: Mapping[str, Any], base: DeblurConfig | None = None
             raise DeblurError(f"unknown setting {name!r} in {where}; known: {', '.join(sorted(hints))}")
         hint = hints[name]
         if typing.get_origin(hint) is tuple:
-            if not isinstance(value, (list, tuple)):
-                raise DeblurError(f"setting {name!r} in {where} must be a list, got {value!r}")
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, (int, float)) for v in value):
+                raise DeblurError(f"setting {name!r} in {where} must be a list of numbers, got {value!r}")
             value = tuple(float(v) for v in value)
         elif hint is float and isinstance(value, int):
             value = float(value)
@@ -280,7 +281,7 @@ class OutputDirectory(contextlib.AbstractContextManager):
         self.committed = False
         check_output(self.output, overwrite, os.path.abspath(input_path))
 
-    def __enter__(self) -> OutputDirectory:
+    def __enter__(self) -> typing.Self:
         parent = os.path.dirname(self.output)
         missing = parent
         while not os.path.exists(missing):
@@ -447,7 +448,7 @@ def _bar(total: int, description: str, enabled: bool):
 
 
 class _Terminated(Exception):
-    pass
+    """SIGTERM arrived; raised in the main thread so that the partial output is removed."""
 
 
 def _on_sigterm(signum, frame) -> None:
@@ -475,7 +476,10 @@ def run(args: argparse.Namespace, config: DeblurConfig) -> int:
             model = load_exported_generator(args.model)
         except ExportError as error:
             raise DeblurError(str(error)) from error
-        window = tuple(float(v) for v in model.info.get("hu_window", (-1024.0, 3071.0)))
+        if len(model.info.get("hu_window") or ()) != 2:
+            raise DeblurError(f"{args.model}: the export info has no hu_window (HU range of the network); re-export it "
+                              "with ctdeblur-train --export")
+        window = (float(model.info["hu_window"][0]), float(model.info["hu_window"][1]))
         digest = export_digest(args.model)
         number = (series.series_number or 0) + config.series_number_offset
         if not 0 <= number <= 2**31 - 1:
@@ -530,20 +534,21 @@ def print_summary(args, config, series: CTSeries, report, model, window, derivat
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point of `ctdeblur-deblur`; returns the exit code (0, 2 user error, 130 interrupted)."""
+    """Console entry point of `ctdeblur-deblur`; returns the exit code (0; 2 bad input, output, model
+    or settings; 130 Ctrl-C; 143 SIGTERM)."""
     args = build_parser().parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return run(args, config_from_args(args))
-    except (SeriesError, DeblurError) as error:
+    except (SeriesError, DeblurError, OSError) as error:
         print(f"{PROG}: error: {error}\nnothing was written.", file=sys.stderr)
         return EXIT_USER_ERROR
-    except OSError as error:
-        print(f"{PROG}: error: {error}\nnothing was written.", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except (KeyboardInterrupt, _Terminated):
+    except KeyboardInterrupt:
         print(f"{PROG}: interrupted; nothing was written.", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except _Terminated:
+        print(f"{PROG}: stopped by SIGTERM; nothing was written.", file=sys.stderr)
+        return EXIT_SIGTERM
     finally:
         signal.signal(signal.SIGTERM, previous)
 

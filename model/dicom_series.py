@@ -210,7 +210,7 @@ def parse_dicom(handle: BinaryIO, *, defer_pixels: bool) -> Dataset | None:
             sop_class, modality = str(dataset.get("SOPClassUID", "") or ""), str(dataset.get("Modality", "") or "")
             if not sop_class and not modality:
                 return None
-        except Exception:  # pydicom raises many types on garbage input; reading the values parses them
+        except Exception:  # noqa: BLE001 - pydicom raises many types on garbage; reading the values parses them
             return None
     if not hasattr(dataset, "file_meta"):
         dataset.file_meta = FileMetaDataset()

@@ -206,7 +206,7 @@ def test_ct_small_single_file(models, tmp_path, capsys):
 def run_subprocess(args: list[str]) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
     return subprocess.run([sys.executable, "-m", "model.deblur", *args, "--no-progress"], capture_output=True,
-                          text=True, env=env, cwd=REPO, timeout=120)
+                          text=True, env=env, cwd=REPO, timeout=120, check=False)
 
 
 def test_non_ct_input_exits_nonzero_and_writes_nothing(models, tmp_path):
@@ -233,6 +233,12 @@ def test_empty_and_unreadable_inputs_write_nothing(phantom, models, tmp_path, ca
     code, _, err = deblur([str(truncated), str(tmp_path / "out"), "--model", models["identity"]], capsys)
     assert code == 2 and victim.name in err
     assert sorted(os.listdir(tmp_path)) == ["empty", "truncated"]
+
+
+def test_a_directory_that_is_no_export_is_refused(phantom, tmp_path, capsys):
+    code, _, err = deblur([phantom[1], str(tmp_path / "out"), "--model", str(tmp_path)], capsys)
+    assert code == 2 and "is not an exported ctdeblur generator" in err
+    assert entries(str(tmp_path)) == []
 
 
 def test_enhanced_multiframe_ct_stays_multiframe(models, tmp_path, capsys):
