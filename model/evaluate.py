@@ -41,6 +41,8 @@ from model.data import DatasetError, join, read_manifest
 from model.evaluation_report import (
     BASELINES,
     BLURRY,
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
     PAIR_COLUMNS,
     RL,
     SCOPES,
@@ -95,6 +97,9 @@ class EvalConfig:
     max_pairs: int = _field(0, "evaluate only the first N pairs of the split (0 = all)")
     figure_pairs: int = _field(3, "pairs (rows) in figure.png, those with the smallest SHA-256 of their record_key")
     figure_difference_hu: float = _field(200.0, "difference maps (method - sharp) are shown from -D to +D HU")
+    bootstrap_resamples: int = _field(
+        BOOTSTRAP_RESAMPLES, "resamples of the test patients for the CIs (patient-clustered percentile bootstrap)")
+    bootstrap_seed: int = _field(BOOTSTRAP_SEED, "seed of the bootstrap's draws (fixed, so a report is reproducible)")
 
     def validate(self) -> EvalConfig:
         """Returns self, or raises ValueError naming the bad setting."""
@@ -114,6 +119,11 @@ class EvalConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.figure_difference_hu > 0:
             raise ValueError(f"figure_difference_hu must be > 0, got {self.figure_difference_hu}")
+        if self.bootstrap_resamples < 100:
+            raise ValueError(f"bootstrap_resamples must be >= 100 for a 95% percentile interval, "
+                             f"got {self.bootstrap_resamples}")
+        if self.bootstrap_seed < 0:
+            raise ValueError(f"bootstrap_seed must be >= 0, got {self.bootstrap_seed}")
         return self
 
     @property

@@ -1,5 +1,6 @@
-"""What `ctdeblur-evaluate` shows and writes: summaries with 95% CIs, Markdown tables, the JSON
-document, per_image.csv, evaluation.md and figure.png (matplotlib, Agg backend).
+"""What `ctdeblur-evaluate` shows and writes: summaries with 95% CIs (patient-clustered bootstrap),
+Markdown tables, the JSON document, per_image.csv, evaluation.md and figure.png (matplotlib, Agg
+backend).
 
 Works on the per-pair rows of an evaluation: one dict per (pair, method) with the pair's position
 in the split (`pair_index`), its provenance (`PAIR_COLUMNS`), `method`, `status` and a PSNR and an
@@ -24,7 +25,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import tensorflow as tf
 from matplotlib.patches import Rectangle
-from scipy import ndimage, stats
+from scipy import ndimage
 
 from model import metrics
 from model.data import join
@@ -37,6 +38,9 @@ WIENER = "wiener_oracle"
 RL = "rl_oracle"
 BASELINES = (WIENER, RL)
 CI_LEVEL = 0.95
+CI_METHOD = "patient-clustered bootstrap"
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
 SCOPES = (("window", "full"), ("window", "body"), ("fullrange", "full"), ("fullrange", "body"))
 """(window, region) of every score: the main window or the full range; full field of view or body mask."""
 GROUPINGS = ("collection", "source_kind", "blur_model")
@@ -55,11 +59,54 @@ def score_columns(window_key: str, region: str) -> tuple[str, str]:
 
 
 @dataclasses.dataclass(frozen=True)
+class ClusteredBootstrap:
+    """Patient-clustered percentile bootstrap of a mean over pairs.
+
+    Pairs of one patient are correlated, so the resampling unit is the patient: each of
+    `resamples` resamples draws as many patients as there are, with replacement, and takes the
+    mean over all pairs of the drawn patients (a patient drawn twice counts twice); the interval is
+    the resample means' (1 - level) / 2 and (1 + level) / 2 quantiles. The draws come from
+    `np.random.default_rng(seed)` over the patients in sorted order, so the same values give the
+    same interval, whatever the rows' order. Below 2 patients there is no interval.
+    """
+
+    resamples: int = BOOTSTRAP_RESAMPLES
+    seed: int = BOOTSTRAP_SEED
+    level: float = CI_LEVEL
+
+    def resample_means(self, values: Sequence[float], patients: Sequence[str]) -> np.ndarray:
+        """[resamples] means of the resamples; values (finite) and their pairs' patient keys align."""
+        data = np.asarray(values, np.float64)
+        if data.shape != (len(patients),):
+            raise ValueError(f"{data.size} values but {len(patients)} patient keys")
+        names, cluster = np.unique(np.asarray(patients, dtype=str), return_inverse=True)
+        sums = np.bincount(cluster, weights=data, minlength=names.size)
+        sizes = np.bincount(cluster, minlength=names.size).astype(np.float64)
+        draws = np.random.default_rng(self.seed).integers(0, names.size, size=(self.resamples, names.size))
+        return sums[draws].sum(axis=1) / sizes[draws].sum(axis=1)
+
+    def interval(self, values: Sequence[float], patients: Sequence[str]) -> tuple[float, float] | None:
+        """The percentile interval of the mean of `values`, None below 2 distinct patients."""
+        if len(set(patients)) < 2:
+            return None
+        tail = (1 - self.level) / 2
+        low, high = np.quantile(self.resample_means(values, patients), [tail, 1 - tail])
+        return float(low), float(high)
+
+    @classmethod
+    def of(cls, config: EvalConfig) -> ClusteredBootstrap:
+        """The bootstrap of an evaluation's settings (`bootstrap_resamples`, `bootstrap_seed`)."""
+        return cls(config.bootstrap_resamples, config.bootstrap_seed)
+
+
+@dataclasses.dataclass(frozen=True)
 class Summary:
-    """Mean and 95% CI of one metric of one method over a group of pairs.
+    """Mean and 95% CI of one metric (or per-pair difference) of one method over a group of pairs.
 
     n: pairs scored (n/a excluded); n_infinite: of those, pairs with PSNR +inf, left out of the
-    mean and CI; n_na: pairs without a score. mean is None without finite values, ci None below 2.
+    mean and CI; n_na: pairs without a score; patients: distinct patients of the pairs in the mean,
+    the units the CI resamples (`ClusteredBootstrap`). mean is None without finite values, ci None
+    below 2 patients.
     """
 
     mean: float | None
@@ -67,51 +114,51 @@ class Summary:
     n: int
     n_infinite: int
     n_na: int
+    patients: int
 
     def to_json(self) -> dict[str, Any]:
-        return {"mean": self.mean, "ci95": list(self.ci) if self.ci else None, "n": self.n,
-                "n_infinite": self.n_infinite, "n_na": self.n_na}
+        return {"mean": self.mean, "ci95": list(self.ci) if self.ci else None, "ci_method": CI_METHOD,
+                "patients": self.patients, "n": self.n, "n_infinite": self.n_infinite, "n_na": self.n_na}
 
 
-def mean_ci(values: Sequence[float], level: float = CI_LEVEL) -> tuple[float | None, tuple[float, float] | None]:
-    """Mean and Student-t interval, mean ± t((1 + level) / 2, n - 1) · s / √n, of finite values."""
+def summarise(values: Sequence[float], patients: Sequence[str],
+              bootstrap: ClusteredBootstrap = ClusteredBootstrap()) -> Summary:
+    """`Summary` of per-pair values (NaN = n/a, +inf = identical images) and their pairs' patient keys."""
     data = np.asarray(values, np.float64)
-    if not data.size:
-        return None, None
-    mean = float(data.mean())
-    if data.size < 2:
-        return mean, None
-    half = float(stats.t.ppf((1 + level) / 2, data.size - 1) * data.std(ddof=1) / math.sqrt(data.size))
-    return mean, (mean - half, mean + half)
+    if data.shape != (len(patients),):
+        raise ValueError(f"{data.size} values but {len(patients)} patient keys")
+    scored = ~np.isnan(data)
+    finite = np.isfinite(data)
+    kept = [patient for patient, keep in zip(patients, finite) if keep]
+    mean = float(data[finite].mean()) if kept else None
+    ci = bootstrap.interval(data[finite], kept)
+    return Summary(mean, ci, int(scored.sum()), int(scored.sum() - finite.sum()), int(data.size - scored.sum()),
+                   len(set(kept)))
 
 
-def summarise(values: Sequence[float]) -> Summary:
-    """`Summary` of per-pair values, NaN = n/a, +inf = identical images."""
-    data = np.asarray(values, np.float64)
-    scored = data[~np.isnan(data)]
-    finite = scored[np.isfinite(scored)]
-    mean, ci = mean_ci(finite)
-    return Summary(mean, ci, int(scored.size), int(scored.size - finite.size), int(data.size - scored.size))
-
-
-def paired_gain(rows: Sequence[dict], method: str, column: str) -> Summary:
-    """`method`'s `column` minus blurry's, per pair, over the pairs where both are finite."""
+def paired_gain(rows: Sequence[dict], method: str, column: str,
+                bootstrap: ClusteredBootstrap = ClusteredBootstrap()) -> Summary:
+    """`method`'s `column` minus blurry's, per pair, over the pairs where both are finite; the CI
+    resamples patients (a pair's difference stays with its patient)."""
     blurry = {row["pair_index"]: row[column] for row in rows if row["method"] == BLURRY}
-    differences, skipped = [], 0
+    differences, patients, skipped = [], [], 0
     for row in rows:
         if row["method"] != method:
             continue
         value, base = row[column], blurry[row["pair_index"]]
         if math.isfinite(value) and math.isfinite(base):
             differences.append(value - base)
+            patients.append(row["patient_key"])
         else:
             skipped += 1
-    mean, ci = mean_ci(differences)
-    return Summary(mean, ci, len(differences), 0, skipped)
+    summary = summarise(differences, patients, bootstrap)
+    return dataclasses.replace(summary, n_na=skipped)
 
 
-def aggregate(rows: Sequence[dict], methods: Sequence[str], window_key: str, region: str) -> dict[str, dict[str, Summary]]:
-    """{method: {"psnr", "ssim", "psnr_gain" (not for blurry): Summary}} of one scope over `rows`."""
+def aggregate(rows: Sequence[dict], methods: Sequence[str], window_key: str, region: str,
+              bootstrap: ClusteredBootstrap = ClusteredBootstrap()) -> dict[str, dict[str, Summary]]:
+    """{method: {"psnr", "ssim", and (not for blurry) "psnr_gain", "ssim_gain": Summary}} of one scope
+    over `rows`; the CIs resample the patients of `rows` (of a group, when `rows` are one group's)."""
     psnr_column, ssim_column = score_columns(window_key, region)
     by_method: dict[str, list[dict]] = {method: [] for method in methods}
     for row in rows:
@@ -119,10 +166,12 @@ def aggregate(rows: Sequence[dict], methods: Sequence[str], window_key: str, reg
     result = {}
     for method in methods:
         mine = by_method[method]
-        result[method] = {"psnr": summarise([row[psnr_column] for row in mine]),
-                          "ssim": summarise([row[ssim_column] for row in mine])}
+        patients = [row["patient_key"] for row in mine]
+        result[method] = {"psnr": summarise([row[psnr_column] for row in mine], patients, bootstrap),
+                          "ssim": summarise([row[ssim_column] for row in mine], patients, bootstrap)}
         if method != BLURRY:
-            result[method]["psnr_gain"] = paired_gain(rows, method, psnr_column)
+            result[method]["psnr_gain"] = paired_gain(rows, method, psnr_column, bootstrap)
+            result[method]["ssim_gain"] = paired_gain(rows, method, ssim_column, bootstrap)
     return result
 
 
@@ -134,13 +183,20 @@ def groups(rows: Sequence[dict], grouping: str) -> dict[str, list[dict]]:
     return dict(sorted(found.items()))
 
 
+def _count(count: int, noun: str) -> str:
+    return f"{count} {noun}" + "s" * (count != 1)
+
+
 def _format(summary: Summary, digits: int, signed: bool = False) -> str:
+    """`mean [low, high]` (the interval is a percentile interval, not symmetric), `mean (CI n/a: 1
+    patient)` without an interval, `n/a` without a mean."""
     if summary.mean is None:
         return "n/a"
-    number = f"{summary.mean:+.{digits}f}" if signed else f"{summary.mean:.{digits}f}"
+    style = f"+.{digits}f" if signed else f".{digits}f"
+    number = format(summary.mean, style)
     if summary.ci is None:
-        return number
-    return f"{number} ± {(summary.ci[1] - summary.ci[0]) / 2:.{digits}f}"
+        return f"{number} (CI n/a: {_count(summary.patients, 'patient')})"
+    return f"{number} [{format(summary.ci[0], style)}, {format(summary.ci[1], style)}]"
 
 
 def _pairs_cell(summary: Summary) -> str:
@@ -149,18 +205,24 @@ def _pairs_cell(summary: Summary) -> str:
 
 
 def markdown_table(result: dict[str, dict[str, Summary]], methods: Sequence[str]) -> str:
-    """Table-1-style Markdown: rows PSNR, SSIM, PSNR gain over blurry and pairs; a column per method."""
+    """Table-1-style Markdown: rows PSNR, SSIM, their gains over blurry, pairs and patients (of the
+    scored pairs: the CIs' resampling units); a column per method."""
+
+    def gains(name: str, digits: int) -> str:
+        return " | ".join("—" if m == BLURRY else _format(result[m][name], digits, signed=True) for m in methods)
+
     lines = ["| | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods),
              "| PSNR (dB) | " + " | ".join(_format(result[m]["psnr"], 2) for m in methods) + " |",
              "| SSIM | " + " | ".join(_format(result[m]["ssim"], 4) for m in methods) + " |",
-             "| ΔPSNR vs blurry (dB) | " + " | ".join(
-                 "—" if m == BLURRY else _format(result[m]["psnr_gain"], 2, signed=True) for m in methods) + " |",
-             "| pairs | " + " | ".join(_pairs_cell(result[m]["psnr"]) for m in methods) + " |"]
+             f"| ΔPSNR vs blurry (dB) | {gains('psnr_gain', 2)} |",
+             f"| ΔSSIM vs blurry | {gains('ssim_gain', 4)} |",
+             "| pairs | " + " | ".join(_pairs_cell(result[m]["psnr"]) for m in methods) + " |",
+             "| patients | " + " | ".join(str(result[m]["ssim"].patients) for m in methods) + " |"]
     return "\n".join(lines)
 
 
 def table_notes(result: dict[str, dict[str, Summary]]) -> list[str]:
-    """Footnotes for the n/a and ∞ marks that a table uses."""
+    """Footnotes for the n/a, ∞ and CI n/a marks that a table uses."""
     notes = []
     if any(parts["psnr"].n_na for parts in result.values()):
         notes.append("n/a: pairs without a score (no image-space PSF for the oracles, or an empty body mask); "
@@ -168,7 +230,15 @@ def table_notes(result: dict[str, dict[str, Summary]]) -> list[str]:
     if any(parts["psnr"].n_infinite for parts in result.values()):
         notes.append("∞: pairs identical to sharp in the window (PSNR +inf): counted in pairs and in SSIM, left "
                      "out of the PSNR mean, CI and ΔPSNR.")
+    if any(s.mean is not None and s.ci is None for parts in result.values() for s in parts.values()):
+        notes.append("CI n/a: the pairs come from a single patient; the interval resamples patients, so it needs "
+                     "at least 2.")
     return notes
+
+
+def ci_title(bootstrap: ClusteredBootstrap) -> str:
+    """What the tables' intervals are, in a few words."""
+    return f"{bootstrap.level:.0%} CI: {CI_METHOD}, {bootstrap.resamples} resamples"
 
 
 def scope_title(config: EvalConfig, window_key: str, region: str) -> str:
@@ -180,21 +250,27 @@ def scope_title(config: EvalConfig, window_key: str, region: str) -> str:
 def scope_section(rows: Sequence[dict], methods: Sequence[str], config: EvalConfig, window_key: str, region: str,
                   pairs: int, heading: str) -> str:
     """A heading line, the table of one scope over all pairs, and its notes."""
-    result = aggregate(rows, methods, window_key, region)
+    bootstrap = ClusteredBootstrap.of(config)
+    result = aggregate(rows, methods, window_key, region, bootstrap)
     notes = "".join(f"\n\n{note}" for note in table_notes(result))
-    return (f"{heading}: mean ± 95% CI (Student t) over {pairs} test pairs, {scope_title(config, window_key, region)}\n\n"
-            + markdown_table(result, methods) + notes)
+    patients = len({row["patient_key"] for row in rows})
+    return (f"{heading}: mean [{ci_title(bootstrap)}] over {pairs} test pairs from {_count(patients, 'patient')}, "
+            f"{scope_title(config, window_key, region)}\n\n" + markdown_table(result, methods) + notes)
 
 
 def grouped_table(rows: Sequence[dict], methods: Sequence[str], grouping: str, window_key: str, region: str,
                   config: EvalConfig) -> str:
-    """PSNR and SSIM rows (mean ± 95% CI) for each value of `grouping`, one column per method."""
-    lines = [f"Per {grouping.replace('_', ' ')}: {scope_title(config, window_key, region)}", "",
-             f"| {grouping} (pairs) | | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
+    """PSNR and SSIM rows (mean [95% CI]) for each value of `grouping`, one column per method; each
+    group's CIs resample that group's patients."""
+    bootstrap = ClusteredBootstrap.of(config)
+    lines = [f"Per {grouping.replace('_', ' ')}: mean [{ci_title(bootstrap)} of the group's patients], "
+             f"{scope_title(config, window_key, region)}", "",
+             f"| {grouping} | | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
     for value, members in groups(rows, grouping).items():
-        result = aggregate(members, methods, window_key, region)
-        lines.append(f"| {value} ({len(members) // len(methods)}) | PSNR (dB) | "
-                     + " | ".join(_format(result[m]["psnr"], 2) for m in methods) + " |")
+        result = aggregate(members, methods, window_key, region, bootstrap)
+        patients = len({row["patient_key"] for row in members})
+        label = f"{value} ({_count(len(members) // len(methods), 'pair')}, {_count(patients, 'patient')})"
+        lines.append(f"| {label} | PSNR (dB) | " + " | ".join(_format(result[m]["psnr"], 2) for m in methods) + " |")
         lines.append("| | SSIM | " + " | ".join(_format(result[m]["ssim"], 4) for m in methods) + " |")
     return "\n".join(lines)
 
@@ -221,7 +297,11 @@ def protocol_json(config: EvalConfig) -> dict[str, Any]:
         "body_mask": {"on": "sharp image", "threshold_hu": config.body_threshold_hu, "holes": "filled",
                       "components": f"4-connected, area >= {config.body_component_fraction:g} x the largest's"},
         "masked": "PSNR from the MSE over mask pixels; SSIM = mean of the SSIM map over mask pixels",
-        "ci": f"Student t {CI_LEVEL:.0%} interval of the mean over test pairs",
+        "ci_method": CI_METHOD,
+        "ci": (f"{CI_LEVEL:.0%} percentile interval of the mean: {config.bootstrap_resamples} resamples (seed "
+               f"{config.bootstrap_seed}) of the test patients with replacement, all pairs of each drawn patient; "
+               "within a group, of the group's patients; none (null) below 2 patients. Gains: the same over the "
+               "per-pair differences method - blurry"),
         "psnr_infinite": "pairs identical to sharp: counted, left out of PSNR means",
     }
 
@@ -229,12 +309,15 @@ def protocol_json(config: EvalConfig) -> dict[str, Any]:
 def results_json(evaluation: Evaluation, data_dir: str) -> dict[str, Any]:
     """The JSON document: `window` and `methods` (main window, full field, all pairs), then the rest."""
     config, rows, methods = evaluation.config, evaluation.rows, evaluation.methods
-    main = aggregate(rows, methods, "window", "full")
+    bootstrap = ClusteredBootstrap.of(config)
+    main = aggregate(rows, methods, "window", "full", bootstrap)
     document: dict[str, Any] = {
         "window": list(config.window_hu),
         "methods": {m: {"psnr": main[m]["psnr"].mean, "ssim": main[m]["ssim"].mean, "n": main[m]["psnr"].n,
                         "psnr_ci95": main[m]["psnr"].to_json()["ci95"], "ssim_ci95": main[m]["ssim"].to_json()["ci95"],
+                        "ci_method": CI_METHOD, "patients": main[m]["ssim"].patients,
                         "psnr_gain": main[m]["psnr_gain"].to_json() if m != BLURRY else None,
+                        "ssim_gain": main[m]["ssim_gain"].to_json() if m != BLURRY else None,
                         "n_na": main[m]["psnr"].n_na, "psnr_infinite": main[m]["psnr"].n_infinite}
                     for m in methods},
         "data": data_dir,
@@ -246,9 +329,9 @@ def results_json(evaluation: Evaluation, data_dir: str) -> dict[str, Any]:
         "scopes": {},
     }
     for window_key, region in SCOPES:
-        scope: dict[str, Any] = {"all": _scope_json(aggregate(rows, methods, window_key, region))}
+        scope: dict[str, Any] = {"all": _scope_json(aggregate(rows, methods, window_key, region, bootstrap))}
         for grouping in GROUPINGS:
-            scope[grouping] = {value: _scope_json(aggregate(members, methods, window_key, region))
+            scope[grouping] = {value: _scope_json(aggregate(members, methods, window_key, region, bootstrap))
                                for value, members in groups(rows, grouping).items()}
         low, high = config.windows[window_key]
         document["scopes"][f"[{low:g}, {high:g}] {region}"] = scope
@@ -325,9 +408,16 @@ def protocol_text(config: EvalConfig) -> str:
          f"components of at least {config.body_component_fraction:g} × the largest's area. Masked PSNR uses the MSE "
          "over the mask's pixels; masked SSIM is the mean of the SSIM map over the mask's pixels (within the "
          "border margin above)."),
-        ("**Mean ± 95% CI**: Student t interval over the test pairs (mean ± t(0.975, n−1) · s/√n). Pairs of one "
-         "patient are not independent, so the interval is optimistic when the split has few patients. "
-         "ΔPSNR vs blurry is the paired per-pair difference, with its own interval."),
+        (f"**Mean [95% CI]**: the mean over the test pairs and a {CI_METHOD} interval. Pairs of one patient "
+         "are correlated, so the bootstrap resamples patients, not pairs: each of "
+         f"{config.bootstrap_resamples} resamples (seed {config.bootstrap_seed}) draws as many patients as the "
+         "pairs come from, with replacement, and takes the mean over all pairs of the drawn patients; the "
+         "interval is the 2.5th to 97.5th percentile of those means, so it need not be symmetric. A group's "
+         "interval (per collection, source kind, blur model) resamples the group's patients. With a single "
+         "patient there is no interval (CI n/a); with few patients it is coarse (with 2, it runs from one patient's "
+         "mean to the other's). ΔPSNR and ΔSSIM vs blurry are the means of the per-pair differences method − blurry, "
+         "with the same interval over those differences: a much tighter test of \"better than the input\" than "
+         "comparing two means."),
         ("**Oracles** use the true PSF stored in each record: upper bounds for classical deconvolution. Pairs "
          "without an image-space PSF (blur_model projection or none) have no oracle and are counted as n/a."),
         ("**Wiener**: filter conj(K)/(|K|² + NSR) on the blurry image extended by reflection by the PSF's size "

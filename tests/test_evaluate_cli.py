@@ -15,6 +15,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from model.config import preset_config
 from model.evaluate import main
+from model.evaluation_report import ClusteredBootstrap
 from model.export import export_generator
 from model.networks import build_generator
 from pipeline.config import MotionConfig
@@ -172,6 +173,43 @@ def test_every_method_is_reported_with_oracles_na_without_a_psf(run):
     assert "evaluating" in done.stderr
 
 
+def test_json_intervals_are_patient_clustered_bootstraps(run, dataset):
+    done, results, report = run
+    pairs = read_test_pairs(dataset)
+    scores = [direct_scores(pair) for pair in pairs]
+    patients = [pair.patient_key for pair in pairs]
+    bootstrap = ClusteredBootstrap(resamples=2000, seed=0)
+    methods = results["methods"]
+    for name, method in methods.items():
+        assert method["ci_method"] == "patient-clustered bootstrap" and method["patients"] == 3, name
+    blurry = methods["blurry"]
+    assert blurry["ssim_ci95"] == pytest.approx(bootstrap.interval([s for _, s in scores], patients), abs=1e-9)
+    finite = [(p, key) for (p, _), key in zip(scores, patients) if math.isfinite(p)]
+    assert blurry["psnr_ci95"] == pytest.approx(bootstrap.interval(*zip(*finite)), abs=1e-9)
+    assert blurry["psnr_gain"] is None and blurry["ssim_gain"] is None
+
+    with open(report / "per_image.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    ssim = {(r["pair_index"], r["method"]): r["ssim"] for r in rows}
+    with_psf = [r for r in rows if r["method"] == "rl_oracle" and r["status"] == "ok"]
+    differences = [float(r["ssim"]) - float(ssim[r["pair_index"], "blurry"]) for r in with_psf]
+    gain = methods["rl_oracle"]["ssim_gain"]
+    assert gain["mean"] == pytest.approx(np.mean(differences), abs=1e-9) and gain["mean"] > 0.01
+    assert gain["ci95"] == pytest.approx(bootstrap.interval(differences, [r["patient_key"] for r in with_psf]), abs=1e-9)
+    assert (gain["n"], gain["n_na"], gain["patients"], gain["ci_method"]) == (5, 2, 3, "patient-clustered bootstrap")
+    main_scope = results["scopes"]["[-1000, 1000] full"]
+    assert main_scope["all"]["rl_oracle"]["ssim_gain"] == gain
+    assert methods["ours"]["ssim_gain"]["mean"] == pytest.approx(methods["ours"]["ssim"] - blurry["ssim"], abs=1e-12)
+    single = main_scope["collection"]["fb-dibh"]["blurry"]["psnr"]
+    assert (single["ci95"], single["patients"], single["n"]) == (None, 1, 1)
+
+    assert results["protocol"]["ci_method"] == "patient-clustered bootstrap"
+    assert "2000 resamples" in results["protocol"]["ci"] and results["config"]["bootstrap_resamples"] == 2000
+    assert "patient-clustered bootstrap, 2000 resamples] over 7 test pairs from 3 patients" in done.stdout
+    assert "| patients | 3 | 3 | 3 | 3 | 3 |" in done.stdout and "| ΔSSIM vs blurry | — |" in done.stdout
+    assert "| fb-dibh (1 pair, 1 patient) | PSNR (dB) |" in done.stdout and "(CI n/a: 1 patient)" in done.stdout
+
+
 def test_report_csv_and_figure(run, dataset):
     done, _, report = run
     assert f"figure: {report / 'figure.png'}" in done.stdout
@@ -190,7 +228,8 @@ def test_report_csv_and_figure(run, dataset):
     assert float(row["psnr_db"]) == pytest.approx(direct_scores(pair)[0], abs=1e-9)
     assert row["patient_key"] == "patient0" and row["blur_model"] == "kernel"
     text = (report / "evaluation.md").read_text()
-    for phrase in ("## Protocol", "Student t", "HU > -500", "chosen by the highest mean PSNR", "train-0",
+    for phrase in ("## Protocol", "patient-clustered bootstrap", "2000 resamples (seed 0)", "HU > -500",
+                   "chosen by the highest mean PSNR", "train-0",
                    "Per blur model", "inside the body mask", "[-1024, 3071]", "figure.png", "σ 1.5"):
         assert phrase in text, phrase
 
@@ -209,7 +248,8 @@ def test_baselines_only_and_no_baselines(dataset, tmp_path):
 
 def test_yaml_settings_under_flags(dataset, tmp_path):
     settings = tmp_path / "eval.yaml"
-    settings.write_text("rl_iterations: [7]\nwiener_nsr: [0.01]\nmax_pairs: 3\nfigure_pairs: 0\n")
+    settings.write_text("rl_iterations: [7]\nwiener_nsr: [0.01]\nmax_pairs: 3\nfigure_pairs: 0\n"
+                        "bootstrap_resamples: 500\n")
     path = str(tmp_path / "out.json")
     assert main(["--data", os.path.join(dataset, "test"), "--config", str(settings), "--max_pairs", "1",
                  "--json", path]) == 0
@@ -217,6 +257,9 @@ def test_yaml_settings_under_flags(dataset, tmp_path):
         results = json.load(handle)
     assert results["pairs"] == 1 and results["baselines"]["rl_iterations"] == 7
     assert results["config"]["wiener_nsr"] == [0.01] and results["config"]["max_pairs"] == 1
+    assert results["config"]["bootstrap_resamples"] == 500 and "500 resamples" in results["protocol"]["ci"]
+    blurry = results["methods"]["blurry"]
+    assert (blurry["psnr_ci95"], blurry["ssim_ci95"], blurry["patients"]) == (None, None, 1)
 
 
 def corrupted_copy(dataset: str, tmp_path) -> str:
@@ -245,6 +288,7 @@ def test_corrupt_shard_is_a_clear_error(dataset, tmp_path, capsys):
     ("not_export", "is not an exported ctdeblur generator"),
     ("no_validation", "--validation"),
     ("bad_setting", "invalid settings"),
+    ("bad_bootstrap", "bootstrap_resamples must be >= 100"),
     ("unknown_setting", "unknown setting 'rl_iteration'"),
     ("tuned_on_test", "is the test split"),
 ])
@@ -271,6 +315,8 @@ def test_user_errors_exit_2_with_a_message(dataset, tmp_path, capsys, case, mess
         args += ["--model", str(tmp_path / "plain")]
     elif case == "bad_setting":
         args += ["--window_hu", "100", "-100"]
+    elif case == "bad_bootstrap":
+        args += ["--bootstrap_resamples", "10"]
     elif case == "tuned_on_test":
         args += ["--validation", os.path.join(dataset, "test")]
     elif case == "unknown_setting":
