@@ -1,0 +1,120 @@
+"""The procedural phantom's anatomy: deterministic, noise-free, realistic HU, structure where motion
+blur shows (lung vessel trees, sulci, air cells, bowel gas levels) and smooth along z."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from pipeline import phantom
+from pipeline.phantom import phantom_hu, phantom_series, slice_level_mm
+
+HEAD, THORAX, ABDOMEN = 0, 1, 2
+
+
+def enclosed(mask: np.ndarray) -> np.ndarray:
+    """The parts of `mask` not connected to the image border (air inside the body)."""
+    labels, _ = ndimage.label(mask)
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    return mask & ~np.isin(labels, border)
+
+
+def components(mask: np.ndarray) -> np.ndarray:
+    """Areas (pixels) of the connected components of `mask`."""
+    labels, count = ndimage.label(mask)
+    return np.bincount(labels.ravel(), minlength=count + 1)[1:]
+
+
+@pytest.mark.parametrize("patient", [HEAD, THORAX, ABDOMEN])
+def test_same_seed_gives_the_same_slice_and_another_seed_another(patient):
+    series = phantom_series(patient, 12, 96, seed=4)
+    first = phantom_hu(series, 5)
+    phantom._patient.cache_clear()
+    again = phantom_hu(phantom_series(patient, 12, 96, seed=4), 5)
+    np.testing.assert_array_equal(first, again)
+    assert first.dtype == np.float32 and first.shape == (96, 96)
+    assert not np.array_equal(first, phantom_hu(phantom_series(patient, 12, 96, seed=5), 5))
+    assert not np.array_equal(first, phantom_hu(phantom_series(patient + 3, 12, 96, seed=4), 5))
+
+
+@pytest.mark.parametrize("patient", [HEAD, THORAX, ABDOMEN])
+def test_slices_are_noise_free(patient):
+    """Noise would make neighbouring pixels differ by about its sigma everywhere (3 HU of white noise
+    gives a median difference of ~4 HU); the phantom only has edges and smooth texture."""
+    hu = phantom_hu(phantom_series(patient, 40, 512, seed=0), 20).astype(np.float64)
+    body = ndimage.binary_erosion(hu > -500, iterations=3)
+    steps = np.abs(np.diff(hu, axis=1))[body[:, 1:] & body[:, :-1]]
+    assert np.median(steps) < 1.2
+    mean, mean_sq = ndimage.uniform_filter(hu, 5), ndimage.uniform_filter(hu * hu, 5)
+    local_std = np.sqrt(np.maximum(mean_sq - mean * mean, 0.0))
+    assert np.mean(local_std[body] < 2.0) > 0.2
+
+
+def test_hu_ranges_are_realistic():
+    head = phantom_hu(phantom_series(HEAD, 40, 256, seed=0), 8)
+    thorax = phantom_hu(phantom_series(THORAX, 40, 256, seed=0), 15)
+    abdomen = phantom_hu(phantom_series(ABDOMEN, 40, 256, seed=0), 20)
+    for hu in (head, thorax, abdomen):
+        assert hu.min() >= -1000.5 and hu.max() < 2500
+        assert hu[0, 0] == pytest.approx(-1000.0)
+    brain = head[(head > 15) & (head < 60)]
+    assert 22 < np.median(brain) < 42
+    assert np.mean(head > 1200) > 0.005
+    lungs = ndimage.binary_fill_holes(enclosed(thorax < -600))
+    assert lungs.mean() > 0.05
+    assert -880 < np.median(thorax[lungs]) < -760
+    assert np.sum((thorax > 250) & (thorax < 450)) > 100        # contrast-enhanced blood
+    assert np.sum((abdomen > 150) & (abdomen < 320)) > 50        # enhanced aorta / veins
+    fat = abdomen[(abdomen > -150) & (abdomen < -50)]
+    assert fat.size > 0.05 * abdomen.size and -115 < np.median(fat) < -80
+
+
+def test_lungs_hold_branching_vessels_down_to_one_pixel():
+    hu = phantom_hu(phantom_series(THORAX, 40, 512, seed=0), 18)
+    lungs = ndimage.binary_fill_holes(enclosed(hu < -600))
+    areas = components(lungs & (hu > -500))
+    assert len(areas) > 80
+    assert np.sum(areas <= 4) > 40      # vessels of 1-2 px diameter
+    assert np.sum(areas >= 40) > 5      # large, in-plane branching trunks
+    lumens = components(lungs & (hu < -930))   # parenchyma is -880..-760: darker is bronchial air
+    assert np.sum(lumens >= 3) > 3
+
+
+def test_head_has_sulci_grey_white_matter_diploe_and_air_cells():
+    series = phantom_series(HEAD, 40, 512, seed=0)
+    high = phantom_hu(series, 8)
+    assert slice_level_mm(series, 8) > 100
+    brain = ndimage.binary_erosion((high > -20) & (high < 80), iterations=2)
+    csf = brain & (high > -5) & (high < 15)
+    assert csf.sum() > 0.02 * brain.sum() and len(components(csf)) > 20
+    tissue = high[brain & (high > 15)]
+    assert np.mean(tissue < 31) > 0.2 and np.mean(tissue > 34) > 0.1   # white and grey matter
+    skull = (high > 200) & ndimage.binary_dilation(high > 1200, iterations=4)
+    assert np.mean((high[skull] > 250) & (high[skull] < 1000)) > 0.1    # diploe between the tables
+    low = phantom_hu(series, 30)
+    assert slice_level_mm(series, 30) < 40
+    cells = components(enclosed(low < -900))
+    assert np.sum((cells > 3) & (cells < 400)) > 10                   # mastoid / ethmoid cells
+
+
+def test_abdomen_has_bowel_gas_with_sharp_fluid_levels():
+    hu = phantom_hu(phantom_series(ABDOMEN, 40, 512, seed=0), 20)
+    gas = enclosed(hu < -900)
+    assert gas.sum() > 300
+    levels = (hu[:-2] < -900) & (hu[2:] > -150)      # gas in front, fluid behind, within 2 px
+    assert levels.sum() > 30
+
+
+def test_bones_have_a_cortical_shell_around_trabecular_bone():
+    hu = phantom_hu(phantom_series(THORAX, 40, 512, seed=0), 20)
+    core = ndimage.binary_erosion(ndimage.binary_fill_holes(hu > 500) & (hu <= 500), iterations=1)
+    assert core.sum() > 300
+    assert 120 < hu[core].mean() < 300 and hu[core].std() > 25
+
+
+@pytest.mark.parametrize("patient", [HEAD, THORAX, ABDOMEN])
+def test_neighbouring_slices_look_alike(patient):
+    series = phantom_series(patient, 40, 128, seed=0)
+    stack = [np.clip(phantom_hu(series, index), -1000, 1000).ravel() for index in (14, 15, 16, 17, 28)]
+    neighbours = [np.corrcoef(a, b)[0, 1] for a, b in zip(stack[:3], stack[1:4])]
+    assert min(neighbours) > 0.9
+    assert np.corrcoef(stack[0], stack[4])[0, 1] < min(neighbours)
