@@ -29,6 +29,7 @@ REQUIREMENTS = [
     "matplotlib",
     "scikit-image",
     "idc-index-data",
+    "Pillow",
 ]
 TEST_REQUIREMENTS = ["pytest", "psutil"]
 
@@ -60,7 +61,7 @@ setup(
     version="0.1.0",
     description="CT motion-blur training data with Apache Beam and a WGAN-GP deblurring model",
     python_requires=">=3.11,<3.12",
-    packages=find_packages(include=["pipeline", "pipeline.*", "model", "model.*", "tfrecords_schema"]),
+    packages=find_packages(include=["pipeline", "pipeline.*", "model", "model.*", "tfrecords_schema", "cli_shell"]),
     package_data={"pipeline": ["presets/*.yaml"]},
     install_requires=_pinned(REQUIREMENTS),
     extras_require={"test": _pinned(TEST_REQUIREMENTS)},

@@ -14,6 +14,8 @@ failed or interrupted run leaves nothing behind. docs/deblur.md describes the ou
 
 from __future__ import annotations
 
+import cli_shell.quiet_start  # noqa: F401  (first: quiets TensorFlow / absl / Google noise unless --verbose)
+
 import argparse
 import contextlib
 import dataclasses
@@ -33,6 +35,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from cli_shell.quiet import add_verbose_flag
 from model.dicom_series import (
     CTSeries,
     DecodedObject,
@@ -408,6 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT written by this tool")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                         help="progress bars on stderr (default: on)")
+    add_verbose_flag(parser)
     group = parser.add_argument_group("settings (defaults < --config YAML < these flags)")
     group.add_argument("--config", metavar="YAML", help="YAML file of settings with the flag names below as keys")
     hints = typing.get_type_hints(DeblurConfig)

@@ -16,9 +16,10 @@ unsigned stored values, compressed transfer syntaxes decoded by pydicom with pyl
 Pixels equal to PixelPaddingValue (or inside PixelPaddingRangeLimit) are flagged as padding.
 
 Writing. The derived dataset is a copy of the input dataset with new SOP Instance and Series
-Instance UIDs, ImageType DERIVED\\SECONDARY (other values kept), a SeriesDescription suffix, a
-DerivationDescription, a new SeriesNumber, a SourceImageSequence pointing at the input image,
-signed 16-bit pixels with the input's rescale, in Explicit VR Little Endian; see `derived_dataset`.
+Instance UIDs, ImageType DERIVED\\SECONDARY (DERIVED\\PRIMARY for Enhanced CT; other values kept),
+a SeriesDescription suffix, a DerivationDescription, a new SeriesNumber, a SourceImageSequence
+pointing at the input image, signed 16-bit pixels with the input's rescale, in Explicit VR Little
+Endian; see `derived_dataset`.
 """
 
 from __future__ import annotations
@@ -678,10 +679,13 @@ def derived_uid(seed: str, input_uid: str) -> str:
     return str(generate_uid(entropy_srcs=["ctdeblur-deblur", seed, input_uid]))
 
 
-def _derived_type(values) -> list[str]:
+def _derived_type(values, multiframe: bool) -> list[str]:
+    """Image Type / Frame Type of the output: value 1 DERIVED; value 2 SECONDARY for a CT Image,
+    PRIMARY for (Legacy Converted) Enhanced CT, whose IODs allow no other value 2; the input's
+    further values kept."""
     values = [str(v) for v in _values(values)]
     values += [""] * (2 - len(values))
-    return ["DERIVED", "SECONDARY", *values[2:]]
+    return ["DERIVED", "PRIMARY" if multiframe else "SECONDARY", *values[2:]]
 
 
 def _add_missing_rescale(dataset: Dataset, rescale: tuple[float, float]) -> None:
@@ -709,7 +713,8 @@ def derived_dataset(source: Dataset, stored: np.ndarray, padding_value: int | No
     identity); the input's own rescale is always kept.
 
     Changed: SOP Instance UID (file meta too), Series Instance UID, SeriesNumber, SeriesDescription,
-    ImageType and Enhanced CT FrameType (DERIVED\\SECONDARY, further values kept),
+    ImageType and Enhanced CT FrameType (DERIVED\\SECONDARY, or DERIVED\\PRIMARY for (Legacy
+    Converted) Enhanced CT, whose IODs allow only PRIMARY as value 2; further values kept),
     DerivationDescription, SourceImageSequence (the input image), InstanceCreationDate/Time,
     LossyImageCompression "01" if the input's transfer syntax is always lossy and did not say so,
     the pixel module (16 bits allocated and stored, signed, MONOCHROME2 unless MONOCHROME1,
@@ -731,12 +736,13 @@ def derived_dataset(source: Dataset, stored: np.ndarray, padding_value: int | No
     dataset.SeriesNumber = derivation.series_number
     dataset.SeriesDescription = derivation.series_description
     dataset.DerivationDescription = derivation.derivation_description
-    dataset.ImageType = _derived_type(source.get("ImageType"))
+    multiframe = source.SOPClassUID in MULTIFRAME_CT_SOP_CLASSES
+    dataset.ImageType = _derived_type(source.get("ImageType"), multiframe)
     _add_missing_rescale(dataset, rescale)
     for groups in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
         for group in dataset.get(groups, []):
             for item in group.get("CTImageFrameTypeSequence", []):
-                item.FrameType = _derived_type(item.get("FrameType"))
+                item.FrameType = _derived_type(item.get("FrameType"), multiframe)
     reference = Dataset()
     reference.ReferencedSOPClassUID = source.SOPClassUID
     reference.ReferencedSOPInstanceUID = source.SOPInstanceUID

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import cli_shell.quiet_start  # noqa: F401  (first: quiets TensorFlow / absl / Google noise unless --verbose)
+
 import argparse
 import os
 import sys
 
+from cli_shell.quiet import add_verbose_flag
 from pipeline.phantom import BODY_SITES, phantom_series
 from pipeline.sources import write_phantom_series
 
@@ -21,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slices", type=int, default=40, help="axial slices per series (default 40)")
     parser.add_argument("--size", type=int, default=512, help="matrix size in pixels, square (default 512)")
     parser.add_argument("--seed", type=int, default=0, help="seed; same seed gives identical files (default 0)")
+    add_verbose_flag(parser)
     args = parser.parse_args(argv)
     if args.patients < 1 or args.slices < 1 or args.size < 32:
         parser.error("need --patients >= 1, --slices >= 1 and --size >= 32")

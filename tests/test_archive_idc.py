@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 import uuid
 
 import pyarrow as pa
@@ -13,6 +14,7 @@ import pytest
 from pipeline.archives.idc import (
     IdcSeriesRecord,
     bundled_index_version,
+    collections_with_ct,
     idc_collection_id,
     idc_series_files,
     list_idc_series,
@@ -140,3 +142,22 @@ def test_bundled_index_lists_paper_ct_offline_and_names_tcia_only_collections():
     with pytest.raises(ArchiveError) as caught:
         list_idc_series(["CPTAC-LAUD"])
     assert "did you mean cptac_luad" in caught.value.detail
+
+
+def test_missing_index_package_names_the_package_to_install(monkeypatch, bucket):
+    """Without idc-index-data (its import blocked), the hint names it, not idc-index, whose pin of
+    idc-index-data is older than ours; a local index file still works."""
+    monkeypatch.setitem(sys.modules, "idc_index_data", None)
+    with pytest.raises(ArchiveError) as caught:
+        list_idc_series(["CPTAC-LUAD"])
+    assert caught.value.reason == "idc_index_missing"
+    assert "pip install -c constraints.txt idc-index-data" in caught.value.detail
+    assert "--idc_index" in caught.value.detail
+    _, index, _, _ = bucket
+    assert len(list_idc_series(["CPTAC-LUAD"], str(index), SeriesFilter(min_slices=1)).kept) == 3
+
+
+def test_collections_with_ct_in_the_bundled_index():
+    """What `--source idc --source tcia` routes to IDC: the paper's collections whose CT IDC holds."""
+    assert collections_with_ct(PAPER_COLLECTIONS) == ("TCGA-SARC", "CPTAC-LUAD")
+    assert collections_with_ct(["CPTAC-GBM"]) == ()

@@ -1,19 +1,26 @@
-"""TCIA client against the loopback NBIA stand-in: listing, filters, cache, retries, faults."""
+"""TCIA client against the loopback NBIA stand-in (which copies the real server: streamed zips
+without Content-Length, a LICENSE entry in getImage zips, HTTP 400 for series that are not
+public, short well-formed zips for series broken on the server): listing, filters, cache,
+retries, faults, the parallel-download cap."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
+import io
 import os
 import time
+import urllib.request
 import zipfile
 
 import pytest
 
 from pipeline.archives.safe_zip import ZipLimits, extract_zip, safe_member_name
-from pipeline.archives.series import SeriesFilter, SeriesRecord, filter_series
+from pipeline.archives.series import SeriesFilter, SeriesRecord, collection_names, filter_series
 from pipeline.archives.tcia import (
     COMPLETE_MARKER,
+    DEFAULT_BASE_URL,
     ArchiveError,
     TciaConfig,
     backoff_s,
@@ -26,6 +33,8 @@ from pipeline.dicom_hu import SliceRejected, read_slice_hu
 from pipeline.phantom import phantom_dataset
 from tests.conftest import dicom_bytes
 from tests.nbia_standin import (
+    LICENSE_TEXT,
+    MISSING_ON_SERVER_AT,
     NON_DICOM_NAME,
     ZIP_SLIP_NAMES,
     NbiaStandin,
@@ -36,8 +45,9 @@ MAX_ATTEMPTS = 3
 
 GOOD = phantom_standin_series("CPTAC-LUAD", 0)
 FAULTY = {fault: phantom_standin_series("CPTAC-LUAD", index, fault=fault)
-          for index, fault in enumerate(("503_once", "429_retry_after", "always_503", "truncated_zip", "zip_slip",
-                                         "non_dicom", "zip_bomb", "md5_mismatch", "slow", "404"), start=1)}
+          for index, fault in enumerate(("503_once", "429_retry_after", "always_503", "cut_stream", "zip_slip",
+                                         "non_dicom", "zip_bomb", "md5_mismatch", "slow", "not_public",
+                                         "missing_on_server"), start=1)}
 SCOUT = phantom_standin_series("TCGA-SARC", 20, slices=2, description="SCOUT")
 LOCALIZER = phantom_standin_series("TCGA-SARC", 21, slices=12, description="Localizer")
 SARC_THIN = phantom_standin_series("TCGA-SARC", 22, slices=12, description="AXIAL 1.25mm")
@@ -65,6 +75,11 @@ def record_of(item) -> SeriesRecord:
 
 def files_under(root) -> set[str]:
     return {os.path.join(folder, name) for folder, _, names in os.walk(root) for name in names}
+
+
+def scratch_left(work) -> set[str]:
+    """Files left in the work directory, except the download-slot lock files that stay."""
+    return {path for path in files_under(work) if os.path.basename(os.path.dirname(path)) != "download-slots"}
 
 
 def test_listing_keeps_or_drops_every_series_with_a_reason(standin, config):
@@ -116,6 +131,18 @@ def test_filters_include_exclude_min_slices_and_patient_limit():
         SeriesFilter(description_exclude=("(",)).validate()
 
 
+def test_collection_names_as_people_type_them(standin, config):
+    assert collection_names("CPTAC-GBM,TCGA-SARC") == ("CPTAC-GBM", "TCGA-SARC")
+    assert collection_names(["CPTAC-GBM,", "TCGA-SARC"]) == ("CPTAC-GBM", "TCGA-SARC")
+    assert collection_names(["CPTAC-GBM , TCGA-SARC,,CPTAC-GBM"]) == ("CPTAC-GBM", "TCGA-SARC")
+    assert collection_names(["CT  COLONOGRAPHY", "QIN LUNG CT"]) == ("CT COLONOGRAPHY", "QIN LUNG CT")
+    assert collection_names(" , ") == ()
+    listing = list_series(dataclasses.replace(config, collections=("CPTAC-LUAD,TCGA-SARC",)))
+    assert {record.collection for record in listing.kept} == {"CPTAC-LUAD", "TCGA-SARC"} and not listing.unavailable
+    with pytest.raises(ValueError, match="collections is empty"):
+        dataclasses.replace(config, collections=(",",)).validate()
+
+
 def test_good_series_is_fetched_verified_and_then_served_from_the_cache(standin, config, tmp_path):
     before = standin.hits("getImageWithMD5Hash", GOOD.series_uid)
     paths = fetch_series(record_of(GOOD), config)
@@ -125,18 +152,36 @@ def test_good_series_is_fetched_verified_and_then_served_from_the_cache(standin,
     assert {hashlib.md5(open(p, "rb").read()).hexdigest() for p in paths} == expected
     assert read_slice_hu(open(paths[0], "rb").read(), paths[0]).shape == (64, 64)
     assert os.path.isfile(tmp_path / "cache" / GOOD.series_uid / COMPLETE_MARKER)
-    assert files_under(tmp_path / "work") == set()
+    assert scratch_left(tmp_path / "work") == set()
 
     again = fetch_series(record_of(GOOD), config)
     assert again == paths
     assert standin.hits("getImageWithMD5Hash", GOOD.series_uid) == before + 1
 
 
-def test_get_image_without_md5_uses_new_file_names(standin, config):
+def test_get_image_without_md5_uses_new_file_names_and_never_keeps_the_license(standin, config, tmp_path):
     plain = dataclasses.replace(config, verify_md5=False)
     paths = fetch_series(record_of(SARC_THIN), plain)
     assert standin.hits("getImage", SARC_THIN.series_uid) == 1
     assert sorted(os.path.basename(p) for p in paths) == [f"1-{i:03d}.dcm" for i in range(1, 13)]
+    cached = {os.path.basename(p) for p in files_under(tmp_path / "cache" / SARC_THIN.series_uid)}
+    assert cached == {f"1-{i:03d}.dcm" for i in range(1, 13)} | {COMPLETE_MARKER}
+    assert "LICENSE" not in open(tmp_path / "cache" / SARC_THIN.series_uid / COMPLETE_MARKER).read()
+
+
+def test_the_standin_streams_like_nbia(standin):
+    """What the client is tested against: no Content-Length, chunked, a LICENSE entry first."""
+    url = f"{standin.base_url}getImage?SeriesInstanceUID={GOOD.series_uid}"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        assert response.headers.get("Content-Length") is None
+        assert response.headers.get("Transfer-Encoding") == "chunked"
+        assert response.headers.get("Content-Disposition") == f'attachment; filename="{GOOD.series_uid}.zip"'
+        body = response.read()
+    with zipfile.ZipFile(io.BytesIO(body)) as archive:
+        names = archive.namelist()
+        assert names[0] == "LICENSE" and archive.read("LICENSE").decode() == LICENSE_TEXT
+        assert names[1:] == [f"{i:08d}.dcm" for i in range(1, 7)]
+        assert all(info.flag_bits & 0x08 for info in archive.infolist())
 
 
 def test_partial_download_never_counts_as_cached(standin, config, tmp_path):
@@ -167,8 +212,9 @@ def test_429_waits_for_retry_after(standin, config):
 
 @pytest.mark.parametrize("fault, reason, status, requests", [
     ("always_503", "http_503_exhausted", 503, MAX_ATTEMPTS),
-    ("404", "http_404", 404, 1),
-    ("truncated_zip", "bad_zip", None, MAX_ATTEMPTS),
+    ("not_public", "http_400", 400, 1),
+    ("cut_stream", "truncated_download", None, MAX_ATTEMPTS),
+    ("missing_on_server", "short_on_server", None, 2),
     ("md5_mismatch", "md5_mismatch", None, MAX_ATTEMPTS),
     ("zip_slip", "zip_slip", None, 1),
     ("zip_bomb", "zip_bomb", None, 1),
@@ -185,8 +231,61 @@ def test_faulty_series_raise_their_reason_after_bounded_attempts(standin, config
     assert standin.hits("getImageWithMD5Hash", item.series_uid) == requests
     assert time.monotonic() - started < MAX_ATTEMPTS * (config.timeout_s + config.backoff_max_s) + 2.0
     assert cached_series(record_of(item), config) is None
-    assert files_under(tmp_path / "work") == set()
+    assert scratch_left(tmp_path / "work") == set()
     assert not os.path.exists(tmp_path / "cache" / item.series_uid / COMPLETE_MARKER)
+
+
+def test_not_public_and_unknown_series_quote_the_servers_400(standin, config):
+    with pytest.raises(ArchiveError) as caught:
+        fetch_series(record_of(FAULTY["not_public"]), config)
+    detail = caught.value.detail
+    assert f"'The user has not been granted the access to image with given SeriesInstanceUID,{FAULTY['not_public'].series_uid}." in detail
+    assert "not public or does not exist" in detail
+    unknown = dataclasses.replace(record_of(GOOD), series_uid="1.2.3.4.5.404")
+    with pytest.raises(ArchiveError) as caught:
+        fetch_series(unknown, config)
+    assert (caught.value.reason, caught.value.status) == ("http_400", 400)
+    assert standin.hits("getImageWithMD5Hash", "1.2.3.4.5.404") == 1
+
+
+def test_a_wrong_base_url_is_404_with_a_hint(standin, config):
+    with pytest.raises(ArchiveError) as caught:
+        list_series(dataclasses.replace(config, base_url=standin.base_url.replace("/v4/", "/v3/")))
+    assert caught.value.reason == "http_404" and "--tcia_base_url" in caught.value.detail
+
+
+@pytest.mark.parametrize("verify_md5, endpoint", [(True, "getImageWithMD5Hash"), (False, "getImage")])
+def test_a_series_short_on_the_server_is_downloaded_twice_then_given_up(standin, config, verify_md5, endpoint):
+    item = FAULTY["missing_on_server"]
+    before = standin.hits(endpoint, item.series_uid)
+    with pytest.raises(ArchiveError) as caught:
+        fetch_series(record_of(item), dataclasses.replace(config, verify_md5=verify_md5, max_attempts=6))
+    assert caught.value.reason == "short_on_server"
+    assert f"{MISSING_ON_SERVER_AT} of 6 images" in caught.value.detail
+    assert "the same archive twice" in caught.value.detail
+    assert standin.hits(endpoint, item.series_uid) - before == 2
+
+
+def test_size_limit_holds_without_content_length(standin, config):
+    with pytest.raises(ArchiveError) as caught:
+        fetch_series(record_of(SARC_THIN), dataclasses.replace(config, max_zip_bytes=4096))
+    assert caught.value.reason == "zip_too_large" and "sent more than max_zip_bytes=4096" in caught.value.detail
+
+
+def test_parallel_downloads_are_capped_per_machine(tmp_path):
+    series = [phantom_standin_series("CPTAC-LUAD", 40 + i, slices=2, size=32) for i in range(4)]
+    with NbiaStandin(series, image_delay_s=0.2) as server:
+        for cap in (1, 2):
+            config = TciaConfig(base_url=server.base_url, collections=("CPTAC-LUAD",), min_slices=1,
+                                max_parallel_downloads=cap, cache_dir=str(tmp_path / f"cache{cap}"),
+                                work_dir=str(tmp_path / "work"))
+            server.max_parallel_downloads = 0
+            with concurrent.futures.ThreadPoolExecutor(len(series)) as pool:
+                results = list(pool.map(lambda item: fetch_series(record_of(item), config), series))
+            assert [len(paths) for paths in results] == [2] * len(series)
+            assert server.max_parallel_downloads == cap
+    with pytest.raises(ValueError, match="max_parallel_downloads"):
+        TciaConfig(max_parallel_downloads=0).validate()
 
 
 def test_zip_slip_writes_nothing_outside_the_work_dir(standin, config, tmp_path):
@@ -194,7 +293,7 @@ def test_zip_slip_writes_nothing_outside_the_work_dir(standin, config, tmp_path)
     before = files_under(root)
     with pytest.raises(ArchiveError):
         fetch_series(record_of(FAULTY["zip_slip"]), config)
-    assert files_under(root) == before
+    assert files_under(root) - before == files_under(tmp_path / "work") - scratch_left(tmp_path / "work")
     assert not os.path.exists(ZIP_SLIP_NAMES[1])
 
 
@@ -207,11 +306,12 @@ def test_non_dicom_member_is_extracted_for_the_pipeline_to_dead_letter(standin, 
     assert caught.value.reason == "not_dicom"
 
 
-def test_series_listed_with_more_images_than_sent_is_incomplete(standin, config):
+def test_license_is_no_image_a_series_listed_with_more_images_is_short(standin, config):
+    """getImage sends LICENSE + 12 images: with 13 listed, the LICENSE must not make up the count."""
     short = dataclasses.replace(record_of(SARC_THIN), image_count=13)
     with pytest.raises(ArchiveError) as caught:
         fetch_series(short, dataclasses.replace(config, verify_md5=False))
-    assert caught.value.reason == "incomplete_series" and "12 files" in caught.value.detail
+    assert caught.value.reason == "short_on_server" and "12 of 13 images" in caught.value.detail
 
 
 def test_retry_after_and_backoff_arithmetic():
@@ -263,3 +363,4 @@ def test_config_validation_names_the_bad_setting():
     with pytest.raises(ValueError, match="base_url"):
         TciaConfig(base_url="ftp://x/").validate()
     assert TciaConfig().validate().collections == ("CPTAC-GBM", "TCGA-SARC", "CPTAC-LUAD", "CPTAC-HNSCC")
+    assert TciaConfig().base_url == DEFAULT_BASE_URL == "https://nbia.cancerimagingarchive.net/nbia-api/services/v4/"

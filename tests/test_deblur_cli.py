@@ -1,5 +1,6 @@
 """`ctdeblur-deblur` end to end on DICOM made here: a phantom series with real-world quirks, pydicom's
-CT_small.dcm and JPEG 2000 CT, an Enhanced (multi-frame) CT, zips, bad inputs; PNG and NIfTI.
+CT_small.dcm and JPEG 2000 CT, an Enhanced (multi-frame) CT, zips, bad inputs; PNG and NIfTI; every
+DICOM output kind judged by the standard's validator, dciodvfy (dicom3tools), where installed.
 
 The models are tiny generators exported by the test: untrained (the identity, so output HU must
 equal input HU) and one with random last-layer weights (a real change of the image).
@@ -25,6 +26,7 @@ from pydicom.uid import (
     UID,
     EnhancedCTImageStorage,
     ExplicitVRLittleEndian,
+    LegacyConvertedEnhancedCTImageStorage,
     MediaStorageDirectoryStorage,
     generate_uid,
 )
@@ -241,42 +243,104 @@ def test_a_directory_that_is_no_export_is_refused(phantom, tmp_path, capsys):
     assert entries(str(tmp_path)) == []
 
 
-def test_enhanced_multiframe_ct_stays_multiframe(models, tmp_path, capsys):
-    """Three 42x50 frames (unsigned 12-bit, shared rescale, per-frame positions out of order)."""
-    frames_hu = [d.pixel_array[:42, :50].astype(np.int32) - 1024 for d in phantom_slices(slices=3)]
-    frames_hu = [np.clip(hu, -1024, 3071) for hu in frames_hu]
+def _item(**values) -> Dataset:
+    item = Dataset()
+    for keyword, value in values.items():
+        setattr(item, keyword, value)
+    return item
+
+
+def enhanced_ct(frames_hu: list[np.ndarray], sop_class: str = EnhancedCTImageStorage) -> Dataset:
+    """A multi-frame CT that dciodvfy passes without error or warning: frames of `frames_hu`
+    (unsigned 12-bit, shared rescale -1024), planes at z 4, 0, 2 mm (out of order), pixel spacing
+    0.7 x 0.8 mm, every module and functional group of the Enhanced CT IOD (of the Legacy
+    Converted Enhanced CT IOD for that `sop_class`: no CT acquisition macros, per-frame
+    unassigned converted attributes)."""
+    legacy = sop_class == LegacyConvertedEnhancedCTImageStorage
+    rows, columns = frames_hu[0].shape
     dataset = Dataset()
     dataset.file_meta = FileMetaDataset()
-    dataset.file_meta.MediaStorageSOPClassUID = EnhancedCTImageStorage
+    dataset.file_meta.MediaStorageSOPClassUID = dataset.SOPClassUID = sop_class
     dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID = generate_uid()
     dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset.SOPClassUID = EnhancedCTImageStorage
-    dataset.Modality = "CT"
-    dataset.PatientID, dataset.StudyInstanceUID, dataset.SeriesInstanceUID = "ENH-1", generate_uid(), generate_uid()
-    dataset.FrameOfReferenceUID = generate_uid()
-    dataset.SeriesDescription = "enhanced"
-    dataset.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL", "NONE"]
-    shared = Dataset()
-    measures, orientation, rescale, frame_type = Dataset(), Dataset(), Dataset(), Dataset()
-    measures.PixelSpacing, measures.SliceThickness = [0.7, 0.8], 2.0
-    orientation.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    rescale.RescaleSlope, rescale.RescaleIntercept, rescale.RescaleType = 1, -1024, "HU"
-    frame_type.FrameType = ["ORIGINAL", "PRIMARY", "AXIAL", "NONE"]
-    shared.PixelMeasuresSequence, shared.PlaneOrientationSequence = [measures], [orientation]
-    shared.PixelValueTransformationSequence, shared.CTImageFrameTypeSequence = [rescale], [frame_type]
-    dataset.SharedFunctionalGroupsSequence = [shared]
+    dataset.SpecificCharacterSet = "ISO_IR 100"
+    dataset.PatientName, dataset.PatientID, dataset.PatientBirthDate, dataset.PatientSex = "Phantom^Enhanced", "ENH-1", "", "O"
+    dataset.StudyInstanceUID, dataset.StudyDate, dataset.StudyTime = generate_uid(), "20240101", "120000"
+    dataset.ReferringPhysicianName, dataset.StudyID, dataset.AccessionNumber = "", "1", ""
+    dataset.Modality, dataset.SeriesInstanceUID, dataset.SeriesNumber = "CT", generate_uid(), 2
+    dataset.SeriesDescription, dataset.PatientPosition = "enhanced", "HFS"
+    dataset.FrameOfReferenceUID, dataset.PositionReferenceIndicator = generate_uid(), ""
+    dataset.Manufacturer, dataset.ManufacturerModelName = "ctdeblur", "phantom"
+    dataset.DeviceSerialNumber, dataset.SoftwareVersions = "1", "0.1"
+    dataset.InstanceNumber, dataset.ContentDate, dataset.ContentTime = 1, "20240101", "120000"
+    dataset.ImageType = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
+    dataset.PixelPresentation, dataset.VolumetricProperties = "MONOCHROME", "VOLUME"
+    dataset.VolumeBasedCalculationTechnique = "NONE"
+    dataset.AcquisitionNumber, dataset.AcquisitionDateTime, dataset.AcquisitionDuration = 1, "20240101120000", 1.0
+    dataset.ContentQualification, dataset.BurnedInAnnotation, dataset.RecognizableVisualFeatures = "PRODUCT", "NO", "NO"
+    dataset.LossyImageCompression, dataset.PresentationLUTShape = "00", "IDENTITY"
+    dataset.AcquisitionContextSequence = []
+    dimensions = generate_uid()
+    dataset.DimensionOrganizationSequence = [_item(DimensionOrganizationUID=dimensions)]
+    dataset.DimensionIndexSequence = [_item(DimensionOrganizationUID=dimensions, DimensionIndexPointer=0x00200032,
+                                            FunctionalGroupPointer=0x00209113)]
+    acquisition = {} if legacy else dict(
+        CTAcquisitionTypeSequence=[_item(AcquisitionType="SPIRAL", ConstantVolumeFlag="NO", FluoroscopyFlag="NO")],
+        CTAcquisitionDetailsSequence=[_item(DataCollectionDiameter=500.0, GantryDetectorTilt=0.0, TableHeight=150.0,
+                                            RotationDirection="CW", RevolutionTime=0.5, SingleCollimationWidth=0.6,
+                                            TotalCollimationWidth=38.4)],
+        CTTableDynamicsSequence=[_item(TableSpeed=50.0, TableFeedPerRotation=38.4, SpiralPitchFactor=1.0)],
+        CTGeometrySequence=[_item(DistanceSourceToDetector=1000.0, DistanceSourceToDataCollectionCenter=600.0)],
+        CTReconstructionSequence=[_item(ReconstructionAlgorithm="FILTER_BACK_PROJ", ConvolutionKernel="B30f",
+                                        ConvolutionKernelGroup="SOFT_TISSUE", ReconstructionDiameter=35.0,
+                                        ReconstructionPixelSpacing=[0.7, 0.8], ReconstructionAngle=360.0,
+                                        ImageFilter="NONE")],
+        CTExposureSequence=[_item(ExposureTimeInms=500.0, XRayTubeCurrentInmA=200.0, ExposureInmAs=100.0,
+                                  ExposureModulationType="NONE")],
+        CTXRayDetailsSequence=[_item(KVP=120.0, FocalSpots=[1.2], FilterType="FLAT", FilterMaterial=["ALUMINUM"])],
+    )
+    dataset.SharedFunctionalGroupsSequence = [_item(
+        PixelMeasuresSequence=[_item(PixelSpacing=[0.7, 0.8], SliceThickness=2.0)],
+        PlaneOrientationSequence=[_item(ImageOrientationPatient=[1, 0, 0, 0, 1, 0])],
+        PixelValueTransformationSequence=[_item(RescaleSlope=1, RescaleIntercept=-1024, RescaleType="HU")],
+        CTImageFrameTypeSequence=[_item(FrameType=["ORIGINAL", "PRIMARY", "VOLUME", "NONE"],
+                                        PixelPresentation="MONOCHROME", VolumetricProperties="VOLUME",
+                                        VolumeBasedCalculationTechnique="NONE")],
+        FrameAnatomySequence=[_item(AnatomicRegionSequence=[_item(CodeValue="51185008", CodingSchemeDesignator="SCT",
+                                                                  CodeMeaning="Chest")], FrameLaterality="U")],
+        IrradiationEventIdentificationSequence=[_item(IrradiationEventUID=generate_uid())],
+        **acquisition,
+    )]
     per_frame = []
-    for z in (4.0, 0.0, 2.0):
-        item, position = Dataset(), Dataset()
-        position.ImagePositionPatient = [-10.0, -12.0, z]
-        item.PlanePositionSequence = [position]
-        per_frame.append(item)
+    for index, z in enumerate((4.0, 0.0, 2.0)):
+        frame = _item(PlanePositionSequence=[_item(ImagePositionPatient=[-10.0, -12.0, z])],
+                      FrameContentSequence=[_item(FrameAcquisitionDateTime="20240101120000",
+                                                  FrameReferenceDateTime="20240101120000", FrameAcquisitionDuration=100.0,
+                                                  DimensionIndexValues=[index + 1], StackID="1",
+                                                  InStackPositionNumber=index + 1)])
+        if legacy:
+            frame.UnassignedPerFrameConvertedAttributesSequence = [_item(InstanceNumber=index + 1)]
+        else:
+            frame.CTPositionSequence = [_item(TablePosition=-z, ReconstructionTargetCenterPatient=[0.0, 0.0, z],
+                                              DataCollectionCenterPatient=[0.0, 0.0, z])]
+        per_frame.append(frame)
     dataset.PerFrameFunctionalGroupsSequence = per_frame
-    dataset.NumberOfFrames = 3
-    dataset.Rows, dataset.Columns = 42, 50
+    dataset.NumberOfFrames, dataset.Rows, dataset.Columns = len(frames_hu), rows, columns
     dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, "MONOCHROME2"
     dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = 16, 12, 11, 0
     dataset.PixelData = (np.stack(frames_hu) + 1024).astype("<u2").tobytes()
+    return dataset
+
+
+def enhanced_frames_hu() -> list[np.ndarray]:
+    """Three 42x50 phantom frames in HU, within the 12-bit range of `enhanced_ct`."""
+    return [np.clip(d.pixel_array[:42, :50].astype(np.int32) - 1024, -1024, 3071) for d in phantom_slices(slices=3)]
+
+
+def test_enhanced_multiframe_ct_stays_multiframe(models, tmp_path, capsys):
+    """Three 42x50 frames (unsigned 12-bit, shared rescale, per-frame positions out of order)."""
+    frames_hu = enhanced_frames_hu()
+    dataset = enhanced_ct(frames_hu)
     path = str(tmp_path / "enhanced.dcm")
     save(dataset, path)
 
@@ -288,12 +352,51 @@ def test_enhanced_multiframe_ct_stays_multiframe(models, tmp_path, capsys):
     assert derived.SOPClassUID == EnhancedCTImageStorage and derived.NumberOfFrames == 3
     assert derived.SOPInstanceUID != dataset.SOPInstanceUID and derived.SeriesInstanceUID != dataset.SeriesInstanceUID
     assert derived.FrameOfReferenceUID == dataset.FrameOfReferenceUID
-    assert list(derived.ImageType) == ["DERIVED", "SECONDARY", "AXIAL", "NONE"]
-    assert list(derived.SharedFunctionalGroupsSequence[0].CTImageFrameTypeSequence[0].FrameType)[:2] == ["DERIVED", "SECONDARY"]
+    assert list(derived.ImageType) == ["DERIVED", "PRIMARY", "VOLUME", "NONE"]
+    frame_type = derived.SharedFunctionalGroupsSequence[0].CTImageFrameTypeSequence[0].FrameType
+    assert list(frame_type) == ["DERIVED", "PRIMARY", "VOLUME", "NONE"]
     assert [float(f.PlanePositionSequence[0].ImagePositionPatient[2]) for f in derived.PerFrameFunctionalGroupsSequence] == [4.0, 0.0, 2.0]
     assert (derived.PixelRepresentation, derived.BitsStored) == (1, 16)
     assert derived.pixel_array.dtype == np.int16 and derived.pixel_array.shape == (3, 42, 50)
     np.testing.assert_array_equal(derived.pixel_array.astype(np.int32) - 1024, np.stack(frames_hu))
+
+
+DCIODVFY = shutil.which("dciodvfy")
+
+
+def dciodvfy_errors(path: str) -> set[str]:
+    """The Error lines dciodvfy (dicom3tools) prints for one file."""
+    result = subprocess.run([DCIODVFY, path], capture_output=True, text=True, timeout=120, check=False)
+    return {line.strip() for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")}
+
+
+@pytest.mark.skipif(DCIODVFY is None, reason="dciodvfy, the DICOM standard's validator, is not installed "
+                                             "(Debian/Ubuntu: apt-get install dicom3tools)")
+@pytest.mark.parametrize("kind", ["single-frame phantom series", "CT_small.dcm", "JPEG 2000 CT", "Enhanced CT",
+                                  "Legacy Converted Enhanced CT"])
+def test_dicom_output_adds_no_dciodvfy_error(kind, phantom, phantom_output, models, tmp_path, capsys):
+    """Every DICOM output kind, judged by dciodvfy: no error its input did not already have (the
+    Enhanced CT inputs have none, so their outputs must have none)."""
+    if kind == "single-frame phantom series":
+        inputs = {str(pydicom.dcmread(p).SOPInstanceUID): p for p in glob.glob(os.path.join(phantom[1], "*.dcm"))}
+        output = phantom_output
+    else:
+        if kind in ("CT_small.dcm", "JPEG 2000 CT"):
+            path = get_testdata_file("CT_small.dcm" if kind == "CT_small.dcm" else "693_J2KI.dcm")
+        else:
+            sop_class = EnhancedCTImageStorage if kind == "Enhanced CT" else LegacyConvertedEnhancedCTImageStorage
+            path = str(tmp_path / "input.dcm")
+            save(enhanced_ct(enhanced_frames_hu(), sop_class), path)
+            assert dciodvfy_errors(path) == set()
+        inputs = {str(pydicom.dcmread(path).SOPInstanceUID): path}
+        output = str(tmp_path / "out")
+        code, _, err = deblur([path, output, "--model", models["identity"]], capsys)
+        assert code == 0, err
+    written = glob.glob(os.path.join(output, "*.dcm"))
+    assert len(written) == len(inputs)
+    for path in written:
+        source = inputs[str(pydicom.dcmread(path).SourceImageSequence[0].ReferencedSOPInstanceUID)]
+        assert dciodvfy_errors(path) - dciodvfy_errors(source) == set(), path
 
 
 def test_zip_gives_the_same_series_as_the_directory(phantom, phantom_output, models, tmp_path, capsys):

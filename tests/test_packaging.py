@@ -54,7 +54,7 @@ def test_sdist_contains_every_module_and_the_pins(tmp_path):
                    check=True, capture_output=True)
     (archive,) = glob.glob(str(tmp_path / "ctdeblur-*.tar.gz"))
     names = {name.split("/", 1)[1] for name in tarfile.open(archive).getnames() if "/" in name}
-    modules = {os.path.relpath(path, ROOT) for package in ("pipeline", "model", "tfrecords_schema")
+    modules = {os.path.relpath(path, ROOT) for package in ("pipeline", "model", "tfrecords_schema", "cli_shell")
                for path in glob.glob(os.path.join(ROOT, package, "**", "*.py"), recursive=True)}
     assert modules and modules <= names
     assert "constraints.txt" in names and "setup.py" in names

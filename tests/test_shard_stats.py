@@ -7,9 +7,12 @@ scikit-image), independently of the tf.data path under test.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -144,8 +147,10 @@ def make_dataset(root: str, compression: str = "none", seed: int = 0) -> None:
                     )
                 )
             name = shard_name(shard_index, len(sizes), compression)
-            write_shard(os.path.join(root, directory, name), records, compression)
-            split_entry["shards"].append({"file": f"{directory}/{name}", "pairs": size})
+            path = os.path.join(root, directory, name)
+            write_shard(path, records, compression)
+            sha256 = hashlib.sha256(open(path, "rb").read()).hexdigest()
+            split_entry["shards"].append({"file": f"{directory}/{name}", "pairs": size, "sha256": sha256})
             split_entry["pairs"] += size
             split_entry["patients"] += 1
             split_entry["series"] += min(size, 2)
@@ -446,6 +451,63 @@ def test_manifest_differences_are_reported(dataset, tmp_path):
     assert code == 1
     assert [e["kind"] for e in report["errors"]] == ["manifest"]
     assert report["totals"]["all"]["pairs"] == 13
+
+
+def test_stray_files_in_split_directories_fail(dataset, tmp_path, capsys):
+    """Files the manifest does not list: a copied shard under a shard name, a renamed copy and a
+    note. Readers that glob would read the first two; every one is reported."""
+    root = copy_dataset(dataset, tmp_path)
+    source = os.path.join(root, "train-1", "pairs-00000-of-00001.tfrecord")
+    shutil.copy(source, os.path.join(root, "train-1", "pairs-00001-of-00002.tfrecord"))
+    shutil.copy(source, os.path.join(root, "test", "extra.tfrecord"))
+    with open(os.path.join(root, "test", "notes.txt"), "w", encoding="utf-8") as handle:
+        handle.write("kept for later\n")
+
+    code, report = run([root], tmp_path)
+    out = capsys.readouterr().out
+
+    assert code == 1 and report["ok"] is False
+    strays = sorted(e["file"] for e in report["errors"] if e["kind"] == "stray_file")
+    assert strays == ["test/extra.tfrecord", "test/notes.txt", "train-1/pairs-00001-of-00002.tfrecord"]
+    note = next(e for e in report["errors"] if e.get("file") == "test/notes.txt")
+    assert "manifest.json does not list it" in note["message"] and "glob" in note["message"]
+    assert "test/extra.tfrecord" in out
+    assert report["splits"]["test"]["pairs"] == 5
+
+
+def test_altered_shard_fails_on_its_sha256(dataset, tmp_path, capsys):
+    """Records reordered: every CRC, count and field is still right; only the sha256 tells."""
+    root = copy_dataset(dataset, tmp_path)
+    relative = "train-0/pairs-00000-of-00002.tfrecord"
+    path = os.path.join(root, relative)
+    with open(path, "rb") as handle:
+        records = list(read_records(handle))
+    write_shard(path, records[::-1])
+
+    code, report = run([root], tmp_path)
+    out = capsys.readouterr().out
+
+    assert code == 1
+    assert [(e["kind"], e["file"]) for e in report["errors"]] == [("checksum_mismatch", relative)]
+    assert "altered or damaged after it was written" in report["errors"][0]["message"]
+    assert relative in out
+    shard = next(s for s in report["splits"]["train-0"]["shards"] if s["file"] == relative)
+    assert shard["pairs"] == 3 and shard["complete"] is True
+
+
+def test_console_script_prints_no_library_noise(dataset):
+    """The installed command prints its table and none of the TensorFlow / XLA / absl /
+    FutureWarning lines its libraries print (tests/test_cli_quiet.py: --verbose brings them back)."""
+    script = os.path.join(os.path.dirname(sys.executable), "ctdeblur-shard-stats")
+    if not os.path.exists(script):
+        pytest.skip(f"{script} is not installed (pip install -e . installs the console scripts)")
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "PYTHONWARNINGS")}
+    noise = ("XLA", "absl", "FutureWarning", "cuda", "tensorflow/", "I0000", "TensorRT")
+    result = subprocess.run([script, dataset, "--image_stride", "4"], capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "No problems found" in result.stdout and "train-1" in result.stdout
+    assert [line for line in result.stderr.splitlines() if any(word in line for word in noise)] == []
 
 
 def test_image_stride_measures_every_nth_record_and_counts_all(dataset, tmp_path, capsys):

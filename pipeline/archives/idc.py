@@ -1,16 +1,17 @@
 """NCI Imaging Data Commons: list CT series from the offline index, find their files in a bucket.
 
-- `list_idc_series`: the series index that ships with the `idc-index` package (its data
-  package `idc-index-data`, a parquet file read with pyarrow, no network), or a
+- `list_idc_series`: the series index in the `idc-index-data` package (the data package of
+  IDC's `idc-index`; a parquet file read with pyarrow, no network, no idc-index needed), or a
   local CSV/parquet file with the same columns. Collections are named as on TCIA
   (`CPTAC-LUAD`) or by IDC id (`cptac_luad`). A requested collection without CT series in IDC is
   reported in `unavailable` with the reason (IDC holds no CT for CPTAC-GBM or CPTAC-HNSCC: their
   CT is only on TCIA); if none of the requested collections has CT, it raises.
 - `idc_series_files`: the DICOM files of one series, `<root>/<crdc_series_uuid>/*.dcm`, listed
   through Beam's file systems. The default root is the public GCS twin of the series' AWS
-  bucket (`gs://idc-open-data`, read anonymously); `bucket_root` (the `--idc_bucket_root` flag)
-  replaces it with any other root: a mirror, `s3://...` when Beam's AWS file system is installed,
-  or a local directory.
+  bucket (`gs://idc-open-data`). Beam's GCS client reads it with whatever Google credentials it
+  finds (application default credentials, a Dataflow worker's service account) and anonymously
+  only when there are none. `bucket_root` (the `--idc_bucket_root` flag) replaces the root with
+  any other: a mirror, `s3://...` when Beam's AWS file system is installed, or a local directory.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pipeline.archives.series import (
     SeriesFilter,
     SeriesListing,
     SeriesRecord,
+    collection_names,
     filter_series,
 )
 
@@ -53,8 +55,13 @@ def idc_collection_id(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.strip().lower()).strip("_")
 
 
+INSTALL_HINT = ("pip install -c constraints.txt idc-index-data (the index alone; installing idc-index would pull "
+                "in an older idc-index-data than ctdeblur pins), or pass a local index file (CSV or parquet) "
+                "with --idc_index")
+
+
 def bundled_index_version() -> str:
-    """Version of the index that ships with idc-index (`idc-index-data`), e.g. `25.0.5`."""
+    """Version of the index in the idc-index-data package, e.g. `25.0.5`."""
     import idc_index_data
 
     return str(idc_index_data.__version__)
@@ -71,8 +78,7 @@ def _read_index(index: str | None, collection_ids: Sequence[str]):
         try:
             import idc_index_data
         except ImportError as error:
-            raise ArchiveError("idc_index_missing", "the idc-index package is not installed: pip install -c constraints.txt "
-                                                    "idc-index, or pass a local index file (CSV or parquet)") from error
+            raise ArchiveError("idc_index_missing", f"the idc-index-data package is not installed: {INSTALL_HINT}") from error
         source, label = str(idc_index_data.IDC_INDEX_PARQUET_FILEPATH), f"idc-index-data {idc_index_data.__version__}"
     else:
         with FileSystems.open(index) as handle:
@@ -111,12 +117,12 @@ def list_idc_series(collections: Iterable[str], index: str | None = None,
                     series_filter: SeriesFilter = SeriesFilter()) -> SeriesListing:
     """CT series of `collections` from the IDC index, filtered like TCIA listings.
 
-    `index`: None for the index bundled with idc-index, or a CSV/parquet file (local or gs://)
+    `index`: None for the index in the idc-index-data package, or a CSV/parquet file (local or gs://)
     with the columns of INDEX_COLUMNS. Records carry the collection name as requested.
     Raises ArchiveError(no_ct_in_idc) when no requested collection has CT series in the index.
     """
     series_filter.validate()
-    requested = {idc_collection_id(name): name for name in collections}
+    requested = {idc_collection_id(name): name for name in collection_names(collections)}
     if not requested:
         raise ValueError("no collections given: name at least one, e.g. CPTAC-LUAD or tcga_sarc")
     table, label = _read_index(index, sorted(requested))
@@ -150,6 +156,18 @@ def list_idc_series(collections: Iterable[str], index: str | None = None,
         raise ArchiveError("no_ct_in_idc", "; ".join(message for _, message in unavailable))
     kept, dropped = filter_series(records, series_filter)
     return SeriesListing(kept, dropped, tuple(unavailable))
+
+
+def collections_with_ct(collections: Iterable[str], index: str | None = None) -> tuple[str, ...]:
+    """Those of `collections` (names as given) that have CT series in the IDC index; () when the
+    index cannot be read. For advice only: listing is `list_idc_series`."""
+    try:
+        listing = list_idc_series(collections, index, SeriesFilter(min_slices=0, description_exclude=(),
+                                                                    max_series_per_patient=0))
+    except (ArchiveError, ValueError, OSError):
+        return ()
+    unavailable = {name for name, _ in listing.unavailable}
+    return tuple(name for name in collection_names(collections) if name not in unavailable)
 
 
 def series_root(series: IdcSeriesRecord, bucket_root: str | None = None) -> str:

@@ -22,10 +22,11 @@ planning views and dose / protocol pages (a "LOW DOSE CHEST" series is kept)."""
 class ArchiveError(Exception):
     """A series or listing the archive did not deliver.
 
-    `reason` is a short stable code for the dead letter (`http_404`, `http_503_exhausted`,
-    `timeout`, `connection_error`, `zip_slip`, `zip_bomb`, `zip_too_large`, `bad_zip`,
-    `md5_mismatch`, `incomplete_series`, `no_ct_in_idc`, ...), `detail` says what happened and
-    what to do, `status` is the last HTTP status when there was one.
+    `reason` is a short stable code for the dead letter (`http_400`, `http_404`,
+    `http_503_exhausted`, `timeout`, `connection_error`, `truncated_download`, `zip_slip`,
+    `zip_bomb`, `zip_too_large`, `bad_zip`, `md5_mismatch`, `incomplete_series`,
+    `short_on_server`, `no_ct_in_idc`, ...), `detail` says what happened and what to do, `status`
+    is the last HTTP status when there was one.
     """
 
     def __init__(self, reason: str, detail: str, status: int | None = None):
@@ -133,3 +134,13 @@ def filter_series(records: Iterable[SeriesRecord], series_filter: SeriesFilter) 
     dropped.extend((r, "over_patient_limit") for r in candidates if r.series_uid in over)
     dropped.sort(key=lambda item: (item[0].collection, item[0].patient_id, item[0].series_uid, item[1]))
     return kept, tuple(dropped)
+
+
+def collection_names(value: str | Iterable[str]) -> tuple[str, ...]:
+    """Collection names as people type them: `CPTAC-GBM,TCGA-SARC`, `CPTAC-GBM, TCGA-SARC` (two
+    words: `CPTAC-GBM,` and `TCGA-SARC`) or separate words; a YAML string or list. Commas
+    separate names; spaces inside a name stay (TCIA has names such as `CT COLONOGRAPHY`). Order
+    kept, repeats and empty items dropped."""
+    items = [value] if isinstance(value, str) else list(value)
+    names = (" ".join(part.split()) for item in items for part in str(item).split(","))
+    return tuple(dict.fromkeys(name for name in names if name))

@@ -9,17 +9,33 @@
   the cache (local or gs://). A marker written last makes a series complete: a partial download
   or extraction never counts, and a complete one is never fetched again.
 
+What the real server does (read in its source, CBIIT/NBIA-TCIA `restAPI/v4/`, and in TCIA's
+client tcia_utils), and what this client makes of it:
+- Both zip endpoints stream (no Content-Length), so the size limit is enforced while the bytes
+  arrive; a connection closed before the end of the stream is `truncated_download` (retried).
+- getImage zips start with a `LICENSE` entry and getImageWithMD5Hash zips end with
+  `md5hashes.csv`: both belong to the archive, not to the series; they are never counted as
+  images, cached or handed to the pipeline.
+- A series broken on the server comes as a well-formed but short zip (no md5hashes.csv, fewer
+  images than listed). The same short archive twice in a row is final: `short_on_server`.
+- A series that is not public, or does not exist, is HTTP 400 with a text body (not 401, 403
+  or 404); the message quotes the body.
+
 Timeouts, connection errors, HTTP 429 (waiting at least its Retry-After) and 5xx are retried a
 bounded number of times with exponential backoff and random jitter; a damaged download (bad zip,
-MD5 mismatch, missing files) is fetched again the same way. The jitter only changes timing, never
-which bytes are returned. Everything that still fails raises `ArchiveError` with a stable reason.
+MD5 mismatch, a short archive not yet seen twice) is fetched again the same way. The jitter only
+changes timing, never which bytes are returned. At most `max_parallel_downloads` zips are
+downloaded at once per machine (every process sharing the work directory counts). Everything
+that still fails raises `ArchiveError` with a stable reason.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import email.utils
+import fcntl
 import hashlib
 import http.client
 import json
@@ -33,7 +49,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, ContextManager, Iterator, TypeVar
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -51,6 +67,7 @@ from pipeline.archives.series import (
     SeriesFilter,
     SeriesListing,
     SeriesRecord,
+    collection_names,
     filter_series,
 )
 from pipeline.settings import setting
@@ -59,15 +76,19 @@ __all__ = ["TciaConfig", "SeriesRecord", "ArchiveError", "SeriesListing", "list_
            "cached_series", "DEFAULT_BASE_URL", "DEFAULT_COLLECTIONS"]
 
 LOG = logging.getLogger("ctdeblur.archives.tcia")
-DEFAULT_BASE_URL = "https://services.cancerimagingarchive.net/nbia-api/services/v4/"
+DEFAULT_BASE_URL = "https://nbia.cancerimagingarchive.net/nbia-api/services/v4/"
+"""The v4 API's host since TCIA's clients moved there (tcia_utils, October 2025)."""
 DEFAULT_COLLECTIONS = ("CPTAC-GBM", "TCGA-SARC", "CPTAC-LUAD", "CPTAC-HNSCC")
 MD5_MANIFEST = "md5hashes.csv"
+LICENSE_MEMBER = "LICENSE"
+ARCHIVE_MEMBERS = frozenset({MD5_MANIFEST, LICENSE_MEMBER})
+"""Members the server adds to every zip (licence text, MD5 list): never images of the series."""
 COMPLETE_MARKER = "_ctdeblur_complete.json"
 USER_AGENT = "ctdeblur/0.1 (archive client)"
 MAX_LISTING_BYTES = 256 << 20
+ERROR_BODY_BYTES = 200
+"""How much of an HTTP error's body a message quotes."""
 T = TypeVar("T")
-
-
 
 @dataclasses.dataclass(frozen=True)
 class TciaConfig:
@@ -91,6 +112,8 @@ class TciaConfig:
     max_zip_bytes: int = setting(8 << 30, "largest series zip to download (bytes)")
     max_uncompressed_bytes: int = setting(16 << 30, "largest total size of a series' extracted files (bytes)")
     max_files: int = setting(20_000, "most files one series zip may hold")
+    max_parallel_downloads: int = setting(2, "most series zips downloaded at once per worker machine (every "
+                                             "process using the same work_dir counts); TCIA is one public server")
     cache_dir: str = setting(os.path.join("~", ".cache", "ctdeblur", "tcia"),
                             "download cache, local or gs:// (one directory per series UID)")
     work_dir: str = setting("", "local scratch directory for zips being downloaded and extracted "
@@ -109,7 +132,7 @@ class TciaConfig:
         """Returns self, or raises ValueError naming the bad setting."""
         if not self.base_url.startswith(("http://", "https://")):
             raise ValueError(f"tcia base_url must be an http(s) URL, got {self.base_url!r}")
-        if not self.collections:
+        if not collection_names(self.collections):
             raise ValueError("tcia collections is empty: name at least one TCIA collection, e.g. CPTAC-LUAD")
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
@@ -118,7 +141,7 @@ class TciaConfig:
                 raise ValueError(f"{name} must be > 0 s, got {getattr(self, name)}")
         if self.backoff_initial_s < 0 or self.backoff_max_s < self.backoff_initial_s:
             raise ValueError(f"need 0 <= backoff_initial_s <= backoff_max_s, got {self.backoff_initial_s}, {self.backoff_max_s}")
-        for name in ("max_zip_bytes", "max_uncompressed_bytes", "max_files"):
+        for name in ("max_zip_bytes", "max_uncompressed_bytes", "max_files", "max_parallel_downloads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.cache_dir:
@@ -136,6 +159,15 @@ class _Retry(Exception):
         self.detail = detail
         self.status = status
         self.wait_s = wait_s
+
+
+class _ShortArchive(_Retry):
+    """A well-formed zip with fewer images than listed, or without md5hashes.csv. `fingerprint`
+    identifies its content: the same one twice means the archive itself is short."""
+
+    def __init__(self, detail: str, fingerprint: str):
+        super().__init__("incomplete_series", detail)
+        self.fingerprint = fingerprint
 
 
 def retry_after_s(value: str | None, now: float | None = None) -> float:
@@ -158,20 +190,64 @@ def backoff_s(attempt: int, config: TciaConfig, rng: random.Random) -> float:
     return delay * (0.5 + 0.5 * rng.random())
 
 
+def _error_body(error: urllib.error.HTTPError) -> str:
+    """The first ERROR_BODY_BYTES of an error response, on one line ("" if unreadable)."""
+    try:
+        body = error.read(ERROR_BODY_BYTES + 1)
+    except (OSError, http.client.HTTPException, ValueError, AttributeError):
+        return ""
+    text = " ".join(body[:ERROR_BODY_BYTES].decode("utf-8", "replace").split())
+    return text + ("..." if len(body) > ERROR_BODY_BYTES else "")
+
+
+_HTTP_HINTS = {
+    400: "NBIA answers 400 for a series that is not public or does not exist (it does not say which), and for a "
+         "bad query; check the SeriesInstanceUID and that its collection is public on TCIA",
+    401: "this needs a TCIA account; only public collections are supported",
+    403: "this needs a TCIA account; only public collections are supported",
+    404: "no such endpoint at this base URL; check --tcia_base_url (the v4 API root, ending in /v4/)",
+}
+
+
 def _http_error(error: urllib.error.HTTPError, url: str) -> Exception:
     status = error.code
     if status == 429 or 500 <= status <= 599:
         return _Retry(f"http_{status}", f"HTTP {status} from {url}", status, retry_after_s(error.headers.get("Retry-After")))
-    hint = {404: "the series or endpoint does not exist at this base URL",
-            401: "this collection needs a TCIA account; only public collections are supported",
-            403: "this collection needs a TCIA account; only public collections are supported"}.get(status, "")
-    return ArchiveError(f"http_{status}", f"HTTP {status} from {url}{'; ' + hint if hint else ''}", status)
+    body = _error_body(error)
+    said = f"; the server said: {body!r}" if body else ""
+    hint = _HTTP_HINTS.get(status)
+    return ArchiveError(f"http_{status}", f"HTTP {status} from {url}{said}{'; ' + hint if hint else ''}", status)
 
 
-def _with_retries(url: str, config: TciaConfig, consume: Callable[[http.client.HTTPResponse], T]) -> T:
+@contextlib.contextmanager
+def download_slot(limit: int, lock_dir: str, poll_s: float = 0.25) -> Iterator[None]:
+    """Holds one of `limit` download slots shared by every thread and process of this machine
+    that uses `lock_dir` (one lock file per slot, `flock`); waits while all are taken."""
+    os.makedirs(lock_dir, exist_ok=True)
+    rng = random.Random()
+    while True:
+        for index in range(limit):
+            handle = open(os.path.join(lock_dir, f"slot-{index}.lock"), "ab")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                handle.close()
+            return
+        time.sleep(poll_s * (0.5 + rng.random()))
+
+
+def _with_retries(url: str, config: TciaConfig, consume: Callable[[http.client.HTTPResponse], T],
+                  slot: Callable[[], ContextManager[None]] = contextlib.nullcontext) -> T:
     """GETs `url` and hands the response to `consume`, retrying what may pass on a later attempt.
 
-    `consume` may raise `_Retry` (damaged content) or ArchiveError (final).
+    `consume` may raise `_Retry` (damaged content) or ArchiveError (final). Each attempt holds a
+    `slot()` while its request runs; waits between attempts hold none.
     """
     rng = random.Random()
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
@@ -180,7 +256,7 @@ def _with_retries(url: str, config: TciaConfig, consume: Callable[[http.client.H
         attempt += 1
         try:
             try:
-                with urllib.request.urlopen(request, timeout=config.timeout_s) as response:
+                with slot(), urllib.request.urlopen(request, timeout=config.timeout_s) as response:
                     return consume(response)
             except urllib.error.HTTPError as error:
                 raise _http_error(error, url) from error
@@ -241,7 +317,7 @@ def list_series(config: TciaConfig) -> SeriesListing:
     config.validate()
     records: list[SeriesRecord] = []
     unavailable: list[tuple[str, str]] = []
-    for collection in config.collections:
+    for collection in collection_names(config.collections):
         query = urllib.parse.urlencode({"Collection": collection, "Modality": "CT"})
         url = urllib.parse.urljoin(config.base_url, f"getSeries?{query}")
         rows = _with_retries(url, config, _read_listing)
@@ -288,14 +364,25 @@ def cached_series(record: SeriesRecord, config: TciaConfig) -> list[str] | None:
 
 
 def _download(response: http.client.HTTPResponse, zip_path: str, config: TciaConfig) -> None:
-    """Streams the body to `zip_path`; damaged or short bodies raise _Retry."""
+    """Streams the body to `zip_path`; damaged or short bodies raise _Retry.
+
+    NBIA streams its zips without Content-Length, so `max_zip_bytes` is enforced on the bytes as
+    they arrive; a Content-Length, when a server sends one, is only checked in addition.
+    """
     declared = response.headers.get("Content-Length")
     if declared and declared.isdigit() and int(declared) > config.max_zip_bytes:
         raise ArchiveError("zip_too_large", f"{response.url} announces {declared} bytes, more than "
                                             f"max_zip_bytes={config.max_zip_bytes}")
     started, size = time.monotonic(), 0
     with open(zip_path, "wb") as sink:
-        while chunk := response.read(CHUNK_BYTES):
+        while True:
+            try:
+                chunk = response.read(CHUNK_BYTES)
+            except http.client.IncompleteRead as error:
+                raise _Retry("truncated_download", f"{response.url}: the connection closed after "
+                                                   f"{size + len(error.partial)} bytes, before the end of the zip") from error
+            if not chunk:
+                break
             size += len(chunk)
             if size > config.max_zip_bytes:
                 raise ArchiveError("zip_too_large", f"{response.url} sent more than max_zip_bytes={config.max_zip_bytes}")
@@ -303,7 +390,7 @@ def _download(response: http.client.HTTPResponse, zip_path: str, config: TciaCon
                 raise _Retry("timeout", f"{response.url} took longer than max_download_s={config.max_download_s}")
             sink.write(chunk)
     if declared and declared.isdigit() and size != int(declared):
-        raise _Retry("incomplete_series", f"{response.url} sent {size} of {declared} bytes")
+        raise _Retry("truncated_download", f"{response.url} sent {size} of {declared} bytes")
 
 
 def _md5_manifest(path: str, url: str) -> dict[str, str]:
@@ -321,13 +408,24 @@ def _md5_manifest(path: str, url: str) -> dict[str, str]:
     return expected
 
 
+def _content_fingerprint(files: list[ExtractedFile]) -> str:
+    """A digest of what an archive held (member names and MD5s), to recognise the same archive."""
+    digest = hashlib.sha256()
+    for item in sorted(files, key=lambda f: f.name):
+        digest.update(f"{item.name}\x1f{item.md5}\x1e".encode())
+    return digest.hexdigest()
+
+
 def _verify(files: list[ExtractedFile], scratch: str, record: SeriesRecord, config: TciaConfig, url: str) -> list[ExtractedFile]:
-    """The series files (manifest removed), checked against md5hashes.csv and the image count."""
-    series_files = [f for f in files if f.name != MD5_MANIFEST]
+    """The series files (the archive's LICENSE and md5hashes.csv removed), checked against
+    md5hashes.csv and the listing's image count. A short archive raises `_ShortArchive`."""
+    series_files = [f for f in files if f.name not in ARCHIVE_MEMBERS]
+    fingerprint = _content_fingerprint(files)
     if config.verify_md5:
         manifest = next((f for f in files if f.name == MD5_MANIFEST), None)
         if manifest is None:
-            raise _Retry("incomplete_series", f"{url}: the zip has no {MD5_MANIFEST} (download cut short)")
+            raise _ShortArchive(f"{url}: a complete zip without {MD5_MANIFEST}, {len(series_files)} of "
+                                f"{record.image_count} images", fingerprint)
         expected = _md5_manifest(os.path.join(scratch, MD5_MANIFEST), url)
         actual = {f.name: f.md5 for f in series_files}
         missing = sorted(set(expected) - set(actual))
@@ -338,7 +436,7 @@ def _verify(files: list[ExtractedFile], scratch: str, record: SeriesRecord, conf
         if wrong:
             raise _Retry("md5_mismatch", f"{url}: {len(wrong)} files differ from their published MD5, e.g. {wrong[0]}")
     if len(series_files) < record.image_count:
-        raise _Retry("incomplete_series", f"{url}: {len(series_files)} files, the listing says {record.image_count}")
+        raise _ShortArchive(f"{url}: {len(series_files)} of {record.image_count} images", fingerprint)
     return series_files
 
 
@@ -373,8 +471,8 @@ def _publish(series_files: list[ExtractedFile], scratch: str, directory: str, re
 
 def fetch_series(record: SeriesRecord, config: TciaConfig) -> list[str]:
     """Paths (under `cache_dir`, local or gs://) of the series' extracted files, downloading it
-    unless the cache holds it complete. The files are as the archive sent them: the pipeline
-    decides which ones are CT slices.
+    unless the cache holds it complete. The files are the series' own as the archive sent them
+    (never its LICENSE or md5hashes.csv): the pipeline decides which ones are CT slices.
 
     Raises ArchiveError (see the module docstring) when the series cannot be had.
     """
@@ -386,6 +484,7 @@ def fetch_series(record: SeriesRecord, config: TciaConfig) -> list[str]:
     os.makedirs(work_root, exist_ok=True)
     url = _image_url(record.series_uid, config)
     directory = _series_cache_dir(config, record.series_uid)
+    short_archives: set[str] = set()
 
     def download_and_extract(response: http.client.HTTPResponse) -> list[str]:
         scratch = tempfile.mkdtemp(prefix=f"{hashlib.sha1(record.series_uid.encode()).hexdigest()[:12]}-", dir=work_root)
@@ -400,9 +499,20 @@ def fetch_series(record: SeriesRecord, config: TciaConfig) -> list[str]:
                     raise _Retry("bad_zip", f"{url}: {error.detail}") from error
                 raise
             os.remove(zip_path)
-            series_files = _verify(files, extracted_dir, record, config, url)
+            try:
+                series_files = _verify(files, extracted_dir, record, config, url)
+            except _ShortArchive as short:
+                if short.fingerprint in short_archives:
+                    raise ArchiveError("short_on_server", f"{short.detail}, the same archive twice: the series is "
+                                       "short in TCIA's archive itself, not cut in transit, so downloading it again "
+                                       "will not help; report the SeriesInstanceUID to TCIA") from short
+                short_archives.add(short.fingerprint)
+                raise
             return _publish(series_files, extracted_dir, directory, record, url)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    return _with_retries(url, config, download_and_extract)
+    def slot() -> ContextManager[None]:
+        return download_slot(config.max_parallel_downloads, os.path.join(work_root, "download-slots"))
+
+    return _with_retries(url, config, download_and_extract, slot)

@@ -7,12 +7,16 @@ is in train; 1 when any problem was found (the tables, JSON and HTML are still w
 
 from __future__ import annotations
 
+import cli_shell.quiet_start  # noqa: F401  (first: quiets TensorFlow / absl / Google noise unless --verbose)
+
 import argparse
 import collections
+import concurrent.futures
 import json
 import os
 import sys
 
+from cli_shell.quiet import add_verbose_flag
 from pipeline.stats.config import add_config_flags, config_from_args
 
 DESCRIPTION = """\
@@ -20,7 +24,8 @@ Inspect a ctdeblur dataset before training on it. Reads every shard of DIR/test 
 with tf.data, prints per split / sub-dataset / shard: pairs, patients, series, collections,
 source kinds, image sizes, HU percentiles of sharp and blurry, PSF extent and trajectory length,
 and PSNR/SSIM of blurry vs sharp (HU clipped to --window_hu, data_range = its width). Checks
-TFRecord CRCs, record decoding, the schema version, the counts in manifest.json and patient
+TFRecord CRCs, record decoding, the schema version, the counts and each shard's sha256 in
+manifest.json, files in the split directories that manifest.json does not list, and patient
 leakage between test and train."""
 
 EPILOG = """\
@@ -38,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("dataset", metavar="DIR", help="dataset directory written by ctdeblur-make-dataset (holds manifest.json)")
     parser.add_argument("--json", metavar="FILE", help="also write the statistics as JSON to FILE")
     parser.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report (plots, example pairs) to FILE")
+    add_verbose_flag(parser)
     add_config_flags(parser)
     return parser
 
@@ -80,11 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         if problem:
             return _usage_error(problem)
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from tqdm import tqdm
 
     from pipeline.stats.reader import (
         DatasetError,
+        file_sha256,
         find_shards,
         read_dataset,
         read_manifest,
@@ -100,9 +106,12 @@ def main(argv: list[str] | None = None) -> int:
         return _usage_error(str(error))
     manifest, manifest_problems = read_manifest(root)
     expected = _expected_pairs(manifest)
-    with tqdm(total=expected, unit="pair", desc="reading shards", file=sys.stderr, disable=None) as bar:
-        results = read_dataset(root, shards, config, on_record=bar.update)
-    stats = collect(root, config, shards, results, manifest, [*early_problems, *manifest_problems])
+    with concurrent.futures.ThreadPoolExecutor(1) as hasher:
+        hashing = hasher.map(lambda shard: (shard.relative, file_sha256(root, shard)), shards)
+        with tqdm(total=expected, unit="pair", desc="reading shards", file=sys.stderr, disable=None) as bar:
+            results = read_dataset(root, shards, config, on_record=bar.update)
+        digests = {relative: digest for relative, digest in hashing if digest}
+    stats = collect(root, config, shards, results, manifest, [*early_problems, *manifest_problems], digests)
     report = to_json(stats)
     print(render_text(report))
 

@@ -20,6 +20,11 @@ MANIFEST = "manifest"
 COUNT_MISMATCH = "count_mismatch"
 """A count on disk (pairs, patients, series) differs from the one manifest.json states."""
 PATIENT_LEAKAGE = "patient_leakage"
+STRAY_FILE = "stray_file"
+"""A file in a split directory that manifest.json does not list: readers that glob the
+directory would read it, the trainer (which reads by manifest) would not."""
+CHECKSUM_MISMATCH = "checksum_mismatch"
+"""A shard whose bytes differ from the sha256 manifest.json states: altered after writing."""
 
 
 @dataclasses.dataclass(frozen=True)
