@@ -6,7 +6,10 @@ BIN := $(VENV)/bin
 DEMO_DIR ?= demo_output
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv bench clean
+QUALITY_DIR ?= quality_run
+QUALITY_ARGS ?=
+
+.PHONY: demo test venv dicom-validator bench quality clean
 
 venv: $(VENV)/.installed
 
@@ -22,13 +25,22 @@ demo: venv
 		--output $(DEMO_DIR) --overwrite --direct_num_workers 2 --direct_running_mode multi_processing
 	$(BIN)/ctdeblur-shard-stats $(DEMO_DIR) --json $(DEMO_DIR)/shard_stats.json --html $(DEMO_DIR)/shard_stats.html
 	$(BIN)/ctdeblur-train --data $(DEMO_DIR) --logdir $(DEMO_DIR)/train_logs --preset tiny \
-		--perceptual_weights random-init --export $(DEMO_DIR)/generator
+		--perceptual_weights none --export $(DEMO_DIR)/generator
 	$(BIN)/ctdeblur-deblur $(DEMO_DIR)/phantom_dicom/PHANTOM-000 $(DEMO_DIR)/deblurred_dicom \
 		--model $(DEMO_DIR)/generator --overwrite --no-progress
 	$(BIN)/ctdeblur-evaluate --model $(DEMO_DIR)/generator --data $(DEMO_DIR)/test --preset quick \
 		--json $(DEMO_DIR)/evaluation.json --report $(DEMO_DIR)/evaluation
 
-test: venv
+# dciodvfy (dicom3tools, Debian) judges ctdeblur-deblur's DICOM output in the tests, which skip
+# without it. Installed here only where that needs no password (root with apt-get); never an error.
+dicom-validator:
+	@command -v dciodvfy >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		{ DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools >/dev/null 2>&1 || \
+		{ apt-get update -qq >/dev/null 2>&1 && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools >/dev/null 2>&1; }; }; } || \
+		echo "note: dciodvfy (apt-get install dicom3tools) is not installed; the DICOM conformance tests are skipped"
+
+test: venv dicom-validator
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: venv
@@ -39,6 +51,11 @@ bench: venv
 	$(BIN)/python bench/input_throughput.py
 	$(BIN)/python bench/evaluate_throughput.py --no-model
 	$(BIN)/python bench/inference.py
+
+# The quality run of issue 16 (<= 60 min on 2 cores): dataset, `ours` at the small preset, evaluation.
+# QUALITY_ARGS="--compare pix2pix --results RESULTS.md" also trains the baselines and rewrites RESULTS.md.
+quality: venv
+	$(BIN)/python bench/quality_run.py --workdir $(QUALITY_DIR) $(QUALITY_ARGS)
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

@@ -32,7 +32,7 @@ def pairs_per_second(data_dir: str, epochs: int) -> tuple[float, int]:
     """Pairs/s of the paper input pipeline reading `epochs` epochs of train-0 as the trainer does
     (one pipeline, epochs concatenated, prefetched), start-up included."""
     config = preset_config("paper")
-    train, _ = dataset_splits(data_dir, [0], with_test=False)
+    train, _ = dataset_splits(data_dir, [0])
     split = train[0]
     steps = split.pairs // config.batch_per_replica
     started = time.perf_counter()

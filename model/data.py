@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from tfrecords_schema import (
     MANIFEST_NAME,
-    TEST_DIR,
+    VALIDATION_DIR,
     SchemaVersionError,
     check_schema_version,
     parse_pair_tensors,
@@ -132,18 +132,33 @@ def pad_to_size(hu: tf.Tensor, size: int) -> tf.Tensor:
     )
 
 
+def _crop_offset(padded_shape: tf.Tensor, size: int, position: tf.Tensor) -> tf.Tensor:
+    """Top-left corner `[2]` of a `size` crop of an image of `padded_shape` at `position` in [0, 1]²."""
+    room = padded_shape - size
+    offset = tf.cast(tf.floor(tf.cast(position, tf.float32) * tf.cast(room + 1, tf.float32)), tf.int32)
+    return tf.minimum(offset, room)
+
+
 def crop_pair(
     blurry_hu: tf.Tensor, sharp_hu: tf.Tensor, size: int, position: tf.Tensor
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """The same `size` x `size` crop of both `[H, W]` images, as `[size, size, 1]`.
 
-    `position` `[2]` in [0, 1] chooses the offset (0: top/left, 1: bottom/right, 0.5: centre).
-    Images smaller than `size` are first padded with air (-1024 HU).
+    `position` `[2]` in [0, 1] chooses the offset (0: top/left, 1: bottom/right, 0.5: centre);
+    `[K, 2]` gives K candidates, of which the one where the images differ most (mean absolute
+    difference) is taken. Images smaller than `size` are first padded with air (-1024 HU).
     """
     blurry_hu, sharp_hu = pad_to_size(blurry_hu, size), pad_to_size(sharp_hu, size)
-    room = tf.shape(sharp_hu) - size
-    offset = tf.cast(tf.floor(tf.cast(position, tf.float32) * tf.cast(room + 1, tf.float32)), tf.int32)
-    offset = tf.minimum(offset, room)
+    shape = tf.shape(sharp_hu)
+    positions = tf.reshape(tf.cast(position, tf.float32), [-1, 2])
+    if positions.shape[0] == 1:
+        offset = _crop_offset(shape, size, positions[0])
+    else:
+        difference = tf.abs(tf.cast(blurry_hu, tf.float32) - tf.cast(sharp_hu, tf.float32))
+        offsets = tf.map_fn(lambda p: _crop_offset(shape, size, p), positions, fn_output_signature=tf.int32)
+        scores = tf.map_fn(lambda o: tf.reduce_mean(tf.slice(difference, o, [size, size])), offsets,
+                           fn_output_signature=tf.float32)
+        offset = offsets[tf.argmax(scores)]
     blurry = tf.ensure_shape(tf.slice(blurry_hu, offset, [size, size]), [size, size])
     sharp = tf.ensure_shape(tf.slice(sharp_hu, offset, [size, size]), [size, size])
     return blurry[..., tf.newaxis], sharp[..., tf.newaxis]
@@ -179,6 +194,7 @@ def training_batches(
     shard: InputShard,
     steps: int,
     skip_steps: int = 0,
+    crop_candidates: int = 1,
 ) -> tf.data.Dataset:
     """Batches `(blurry, sharp)`, each `[batch, crop, crop, 1]` float32 in [-1, 1], for one epoch.
 
@@ -186,6 +202,8 @@ def training_batches(
     not prefetched, so that epochs can be concatenated first.
     `seed` (see `epoch_seed`) fixes the file order, the shuffled record order and every crop;
     all pipelines shuffle alike and take every `count`-th record, so their records are disjoint.
+    `crop_candidates` > 1: of that many random crop positions, the one with the largest blur
+    difference is taken (see `crop_pair`).
     """
     rng = np.random.default_rng(seed)
     files = [split.files[i] for i in rng.permutation(len(split.files))]
@@ -199,7 +217,8 @@ def training_batches(
 
     def decode(index, serialized):
         pair = parse_pair_tensors(serialized)
-        position = tf.random.stateless_uniform([2], seed=tf.stack([tf.constant(seed, tf.int64), index]))
+        shape = [2] if crop_candidates == 1 else [crop_candidates, 2]
+        position = tf.random.stateless_uniform(shape, seed=tf.stack([tf.constant(seed, tf.int64), index]))
         blurry, sharp = crop_pair(pair["blurry_hu"], pair["sharp_hu"], crop_size, position)
         return hu_to_unit(blurry, hu_window), hu_to_unit(sharp, hu_window)
 
@@ -208,26 +227,50 @@ def training_batches(
     return batches.take((steps - skip_steps) * shard.replicas)
 
 
-def validation_batch(split: Split, pairs: int, crop_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The fixed held-out batch: HU (blurry, sharp) int16 `[N, crop, crop, 1]`, centre crops of
-    the first `pairs` records of `split` in file order (N = min(pairs, records))."""
-    blurry, sharp = [], []
-    centre = tf.constant([0.5, 0.5])
-    for serialized in record_dataset(split.files, split.compression).take(pairs):
-        pair = parse_pair_tensors(serialized)
-        b, s = crop_pair(pair["blurry_hu"], pair["sharp_hu"], crop_size, centre)
-        blurry.append(b.numpy())
-        sharp.append(s.numpy())
-    if not blurry:
-        raise DatasetError(f"the {split.name} split has no pairs for the validation batch")
-    return np.stack(blurry), np.stack(sharp)
+def largest_difference_crop(blurry_hu: np.ndarray, sharp_hu: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `size` x `size` crop (both `[H, W]` images, same place) where they differ most (largest
+    mean absolute difference; the first such place in row-major order); the whole images when
+    `size` is 0 or not smaller than them."""
+    height, width = sharp_hu.shape
+    if not size or (size >= height and size >= width):
+        return blurry_hu, sharp_hu
+    rows, cols = min(size, height), min(size, width)
+    difference = np.abs(blurry_hu.astype(np.float64) - sharp_hu.astype(np.float64))
+    summed = np.pad(difference.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    boxes = summed[rows:, cols:] - summed[:-rows, cols:] - summed[rows:, :-cols] + summed[:-rows, :-cols]
+    top, left = np.unravel_index(int(np.argmax(boxes)), boxes.shape)
+    return blurry_hu[top:top + rows, left:left + cols], sharp_hu[top:top + rows, left:left + cols]
 
 
-def dataset_splits(data_dir: str, subdatasets, with_test: bool) -> tuple[dict[int, Split], Split | None]:
-    """The train sub-dataset splits `{K: train-K}` and (if `with_test`) the test split."""
+def validation_pairs(splits: Sequence[Split], pairs: int, crop_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The fixed held-out pairs: HU (blurry, sharp) int16 `[h, w]` of the first records of `splits`
+    taken in turn (one from each, then the second of each, ...), up to `pairs`; each cropped by
+    `largest_difference_crop` (whole slices at `crop_size` 0)."""
+    readers = [iter(record_dataset(split.files, split.compression).take(pairs)) for split in splits]
+    chosen: list[tuple[np.ndarray, np.ndarray]] = []
+    while readers and len(chosen) < pairs:
+        for reader in list(readers):
+            serialized = next(reader, None)
+            if serialized is None:
+                readers.remove(reader)
+                continue
+            pair = parse_pair_tensors(serialized)
+            chosen.append(largest_difference_crop(pair["blurry_hu"].numpy(), pair["sharp_hu"].numpy(), crop_size))
+            if len(chosen) == pairs:
+                break
+    if not chosen:
+        raise DatasetError(f"the {', '.join(s.name for s in splits)} split(s) have no pairs for validation")
+    return chosen
+
+
+def dataset_splits(data_dir: str, subdatasets) -> tuple[dict[int, Split], Split | None]:
+    """The train sub-dataset splits `{K: train-K}` and the `validation/` split (None when the
+    dataset has none)."""
     if not tf.io.gfile.isdir(data_dir):
         raise DatasetError(f"dataset directory {data_dir} does not exist")
     manifest = read_manifest(data_dir)
     train = {k: find_split(data_dir, train_dir(k), manifest) for k in subdatasets}
-    test = find_split(data_dir, TEST_DIR, manifest) if with_test else None
-    return train, test
+    has_validation = VALIDATION_DIR in ((manifest or {}).get("splits") or {}) or bool(
+        tf.io.gfile.glob(join(data_dir, VALIDATION_DIR, "pairs-*")))
+    validation = find_split(data_dir, VALIDATION_DIR, manifest) if has_validation else None
+    return train, validation

@@ -12,6 +12,8 @@ pairs of a train sub-dataset (`--validation`, default: the test split's sibling 
 
 from __future__ import annotations
 
+import cli_shell.quiet_start  # noqa: F401  (first: quiets TensorFlow / absl / Google noise unless --verbose)
+
 import argparse
 import dataclasses
 import gzip
@@ -29,6 +31,7 @@ import tensorflow as tf
 import yaml
 from tqdm import tqdm
 
+from cli_shell.quiet import add_verbose_flag
 from model import metrics
 from model.baselines import (
     DEFAULT_RL_ITERATIONS_GRID,
@@ -504,6 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--validation", metavar="DIR",
                         help="split whose kernel-blurred pairs choose the Wiener NSR and RL iterations "
                         "(default: train-0 beside the test split)")
+    add_verbose_flag(parser)
     add_config_flags(parser)
     return parser
 

@@ -73,26 +73,39 @@ IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
 """Per-channel mean (0..255 scale, BGR order) that Keras' VGG19 ImageNet weights expect subtracted."""
 
 
-def vgg_input(images: tf.Tensor) -> tf.Tensor:
-    """Grayscale `[B, H, W, 1]` in [-1, 1] -> VGG19 input `[B, H, W, 3]`.
+def vgg_input(images: tf.Tensor, window: tuple[float, float] = (-1.0, 1.0)) -> tf.Tensor:
+    """Grayscale `[B, H, W, 1]` in the network range -> VGG19 input `[B, H, W, 3]`.
 
-    The image is mapped to 0..255, replicated to 3 channels and mean-subtracted per channel as
-    ImageNet training did ("caffe" preprocessing: BGR order, no scaling by the std).
+    `window` (low, high), in network units, maps to 0..255 (values outside are clipped; the
+    default is the whole network range). The image is replicated to 3 channels and
+    mean-subtracted per channel as ImageNet training did ("caffe" preprocessing: BGR order, no
+    scaling by the std).
     """
-    gray = (tf.cast(images, tf.float32) + 1.0) * 127.5
+    low, high = float(window[0]), float(window[1])
+    gray = tf.clip_by_value((tf.cast(images, tf.float32) - low) / (high - low), 0.0, 1.0) * 255.0
     return tf.concat([gray - mean for mean in IMAGENET_BGR_MEAN], axis=-1)
 
 
 def perceptual_loss(
-    features: Callable[[tf.Tensor], tf.Tensor], restored: tf.Tensor, sharp: tf.Tensor, distance: str = "l1"
+    features: Callable[[tf.Tensor], tf.Tensor], restored: tf.Tensor, sharp: tf.Tensor, distance: str = "l1",
+    window: tuple[float, float] = (-1.0, 1.0),
 ) -> tf.Tensor:
-    """Distance between the VGG features of `restored` and `sharp` (`[B, H, W, 1]`, [-1, 1]).
+    """Distance between the VGG features of `restored` and `sharp` (`[B, H, W, 1]`, network range).
 
-    `features` maps a VGG19 input (`vgg_input`) to one layer's activations; the sharp image's
-    features are constants (no gradient flows into the target).
+    `features` maps a VGG19 input (`vgg_input` with `window`) to one layer's activations; the
+    sharp image's features are constants (no gradient flows into the target).
     """
-    target = tf.stop_gradient(features(vgg_input(sharp)))
-    return feature_distance(features(vgg_input(restored)), target, distance)
+    target = tf.stop_gradient(features(vgg_input(sharp, window)))
+    return feature_distance(features(vgg_input(restored, window)), target, distance)
+
+
+def charbonnier_loss(restored: tf.Tensor, sharp: tf.Tensor, epsilon: float) -> tf.Tensor:
+    """Mean of sqrt(d^2 + epsilon^2) - epsilon, d = restored - sharp (`[B, H, W, C]`, network units).
+
+    A smooth l1: quadratic for |d| << epsilon, |d| beyond; 0 for equal images.
+    """
+    diff = tf.cast(restored, tf.float32) - tf.cast(sharp, tf.float32)
+    return tf.reduce_mean(tf.sqrt(tf.square(diff) + epsilon * epsilon) - epsilon)
 
 
 def _bce_with_logits(logits: tf.Tensor, label: float) -> tf.Tensor:

@@ -146,48 +146,86 @@ def instance_norm(name: str) -> keras.layers.Layer:
     return keras.layers.GroupNormalization(groups=-1, epsilon=1e-5, name=name)
 
 
-def _res_block(x, filters: int, dropout: float, name: str):
-    """conv - instance norm - ReLU - dropout - conv - instance norm, added to the block input."""
+def normalisation(kind: str, name: str) -> keras.layers.Layer:
+    """The normalisation layer `kind`: batch, instance, layer (per sample over H, W and channels,
+    with a learned scale and offset per channel) or none (the identity)."""
+    if kind == "batch":
+        return keras.layers.BatchNormalization(name=name)
+    if kind == "instance":
+        return instance_norm(name)
+    if kind == "layer":
+        return keras.layers.GroupNormalization(groups=1, epsilon=1e-5, name=name)
+    if kind == "none":
+        return keras.layers.Identity(name=name)
+    raise ValueError(f"unknown normalisation {kind!r}: batch, instance, layer or none")
+
+
+class ScaledResidual(keras.layers.Layer):
+    """residual = `scale` x x: a linear residual whose size suits corrections of a few HU."""
+
+    def __init__(self, scale: float, **kwargs):
+        super().__init__(**kwargs)
+        self.scale = scale
+
+    def call(self, x):
+        return x * self.scale
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale}
+
+
+def _res_block(x, filters: int, dropout: float, norm: str, name: str):
+    """conv - norm - ReLU - dropout - conv - norm, added to the block input."""
     y = ReflectPad(1, name=f"{name}_pad1")(x)
     y = keras.layers.Conv2D(filters, 3, name=f"{name}_conv1")(y)
-    y = instance_norm(f"{name}_norm1")(y)
+    y = normalisation(norm, f"{name}_norm1")(y)
     y = keras.layers.ReLU(name=f"{name}_relu")(y)
     if dropout:
         y = keras.layers.Dropout(dropout, name=f"{name}_dropout")(y)
     y = ReflectPad(1, name=f"{name}_pad2")(y)
     y = keras.layers.Conv2D(filters, 3, name=f"{name}_conv2")(y)
-    y = instance_norm(f"{name}_norm2")(y)
+    y = normalisation(norm, f"{name}_norm2")(y)
     return keras.layers.Add(name=f"{name}_add")([x, y])
 
 
-def build_resnet_generator(filters: int = 64, blocks: int = 9, dropout: float = 0.5, name: str = "generator") -> keras.Model:
+def build_resnet_generator(filters: int = 64, blocks: int = 9, dropout: float = 0.5, norm: str = "instance",
+                           residual_output: str = "tanh", residual_scale: float = 1.0,
+                           name: str = "generator") -> keras.Model:
     """DeblurGAN's ResNet generator, fully convolutional, `[B, H, W, 1]` -> `[B, H, W, 1]` in [-1, 1].
 
     7x7 conv, two stride-2 3x3 convs (x2, x4 filters), `blocks` ResBlocks, two stride-2 transposed
-    convs, 7x7 conv to one channel, tanh; the result is a residual added to the input and clipped.
-    The last conv starts at zero, so the untrained generator is the identity (restored = blurry)
-    and training learns the correction. Any H x W: the input is mirror-padded to a multiple of 4
-    and the output cropped back. Paper defaults: filters 64, blocks 9, dropout 0.5.
+    convs, 7x7 conv to one channel, then tanh (`residual_output` "tanh") or x `residual_scale`
+    ("linear"); the result is a residual added to the input and clipped. `norm`: the normalisation
+    after each conv (instance in DeblurGAN; none as in EDSR). The last conv starts at zero, so the
+    untrained generator is the identity (restored = blurry) and training learns the correction.
+    Any H x W: the input is mirror-padded to a multiple of 4 and the output cropped back. Paper
+    defaults: filters 64, blocks 9, dropout 0.5, instance norm, tanh.
     """
     image = keras.Input(shape=(None, None, 1), name="blurry")
     x = PadToMultiple(SIZE_MULTIPLE, name="pad_to_multiple")(image)
     x = ReflectPad(3, name="head_pad")(x)
     x = keras.layers.Conv2D(filters, 7, name="head_conv")(x)
-    x = instance_norm("head_norm")(x)
+    x = normalisation(norm, "head_norm")(x)
     x = keras.layers.ReLU(name="head_relu")(x)
     for i, mult in enumerate((2, 4)):
         x = keras.layers.Conv2D(filters * mult, 3, strides=2, padding="same", name=f"down{i}_conv")(x)
-        x = instance_norm(f"down{i}_norm")(x)
+        x = normalisation(norm, f"down{i}_norm")(x)
         x = keras.layers.ReLU(name=f"down{i}_relu")(x)
     for i in range(blocks):
-        x = _res_block(x, filters * 4, dropout, name=f"res{i}")
+        x = _res_block(x, filters * 4, dropout, norm, name=f"res{i}")
     for i, mult in enumerate((2, 1)):
         x = keras.layers.Conv2DTranspose(filters * mult, 3, strides=2, padding="same", name=f"up{i}_conv")(x)
-        x = instance_norm(f"up{i}_norm")(x)
+        x = normalisation(norm, f"up{i}_norm")(x)
         x = keras.layers.ReLU(name=f"up{i}_relu")(x)
     x = ReflectPad(3, name="tail_pad")(x)
     x = keras.layers.Conv2D(1, 7, kernel_initializer="zeros", name="tail_conv")(x)
-    residual = keras.layers.Activation("tanh", dtype="float32", name="residual")(x)
+    if residual_output == "tanh":
+        residual = keras.layers.Activation("tanh", dtype="float32", name="residual")(x)
+    else:
+        residual = ScaledResidual(residual_scale, dtype="float32", name="residual")(x)
     residual = CropLike(name="crop_back")(residual, image)
     restored = GlobalSkip(dtype="float32", name="restored")(image, residual)
     return keras.Model(image, restored, name=name)
@@ -243,11 +281,13 @@ def build_unet_generator(filters: int = 64, depth: int = 8, dropout: float = 0.5
     return keras.Model(image, restored, name=name)
 
 
-def build_patchgan_critic(filters: int = 64, blocks: int = 4, channels: int = 1, name: str = "critic") -> keras.Model:
+def build_patchgan_critic(filters: int = 64, blocks: int = 4, channels: int = 1, norm: str = "batch",
+                          name: str = "critic") -> keras.Model:
     """PatchGAN critic: `[B, H, W, channels]` in [-1, 1] -> unbounded patch scores `[B, h, w, 1]` (float32).
 
     `blocks` 4x4 conv blocks (filters doubling from `filters`, at most x8; stride 2 except the
-    last), batch norm on all but the first, LeakyReLU 0.2; then a 4x4 conv to one score per patch.
+    last), `norm` (batch in DeblurGAN and pix2pix) on all but the first, LeakyReLU 0.2; then a
+    4x4 conv to one score per patch.
     No sigmoid: the scores are a Wasserstein critic's, or a pix2pix discriminator's logits (then
     `channels` 2: the blurry image and the image judged). Paper defaults: filters 64, blocks 4.
     """
@@ -256,19 +296,20 @@ def build_patchgan_critic(filters: int = 64, blocks: int = 4, channels: int = 1,
     for i in range(blocks):
         stride = 2 if i < blocks - 1 else 1
         x = keras.layers.Conv2D(filters * min(2**i, 8), 4, strides=stride, padding="same", name=f"block{i}_conv")(x)
-        if i > 0:
-            x = keras.layers.BatchNormalization(name=f"block{i}_norm")(x)
+        if i > 0 and norm != "none":
+            x = normalisation(norm, f"block{i}_norm")(x)
         x = LeakyReLU(0.2, name=f"block{i}_lrelu")(x)
     scores = keras.layers.Conv2D(1, 4, padding="same", dtype="float32", name="scores")(x)
     return keras.Model(image, scores, name=name)
 
 
 GENERATORS: Mapping[str, Callable[[TrainConfig], keras.Model]] = {
-    "resnet": lambda c: build_resnet_generator(c.generator_filters, c.generator_blocks, c.generator_dropout),
+    "resnet": lambda c: build_resnet_generator(c.generator_filters, c.generator_blocks, c.generator_dropout,
+                                               c.generator_norm, c.residual_output, c.residual_scale),
     "unet": lambda c: build_unet_generator(c.generator_filters, unet_depth(c), c.generator_dropout),
 }
 CRITICS: Mapping[str, Callable[[TrainConfig, int], keras.Model]] = {
-    "patchgan": lambda c, channels: build_patchgan_critic(c.critic_filters, c.critic_blocks, channels),
+    "patchgan": lambda c, channels: build_patchgan_critic(c.critic_filters, c.critic_blocks, channels, c.critic_norm),
 }
 
 

@@ -1,4 +1,5 @@
-"""The training schedule: train sub-datasets one after another, `epochs` epochs each.
+"""The training schedule: train sub-datasets one after another, `epochs` epochs each, and the
+learning rate along it.
 
 A position (stage, epoch, step) names the next step to run: `stage` indexes the configured
 sub-dataset order, `step` counts global batches within the epoch. The position is what the
@@ -8,7 +9,11 @@ checkpoints store, so a restarted run continues exactly where the saved one stop
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
+
+import keras
+import tensorflow as tf
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,3 +64,30 @@ def steps_done(position: Position, steps: Sequence[int], epochs: int) -> int:
     if position.stage < len(steps):
         done += position.epoch * steps[position.stage] + position.step
     return done
+
+
+
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Learning rate at optimizer step t (0-based) of `total`: `peak` x a factor rising linearly
+    from 1/`warmup` to 1 over the first `warmup` steps, then falling along a cosine from 1 to
+    `final_fraction` at step `total` (and staying there). The step count is the optimizer's, so
+    a resumed run continues the same curve across sub-datasets."""
+
+    def __init__(self, peak: float, total: int, warmup: int = 0, final_fraction: float = 0.01):
+        self.peak = peak
+        self.total = total
+        self.warmup = warmup
+        self.final_fraction = final_fraction
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warmup = float(max(self.warmup, 1))
+        span = float(max(self.total - self.warmup, 1))
+        progress = tf.clip_by_value((step - self.warmup) / span, 0.0, 1.0)
+        cosine = self.final_fraction + (1.0 - self.final_fraction) * 0.5 * (1.0 + tf.cos(math.pi * progress))
+        rising = (step + 1.0) / warmup
+        factor = tf.where(step < self.warmup, rising, cosine)
+        return self.peak * factor
+
+    def get_config(self):
+        return {"peak": self.peak, "total": self.total, "warmup": self.warmup, "final_fraction": self.final_fraction}

@@ -13,6 +13,8 @@ and rerunning the same command resumes exactly there. TensorBoard reads LOGDIR.
 
 from __future__ import annotations
 
+import cli_shell.quiet_start  # noqa: F401  (first: quiets TensorFlow / absl / Google noise unless --verbose)
+
 import argparse
 import dataclasses
 import functools
@@ -28,8 +30,9 @@ import tensorflow as tf
 import yaml
 from tqdm import tqdm
 
+from cli_shell.quiet import add_verbose_flag
 from model import schedule
-from model.config import RUNTIME_FIELDS, TrainConfig, add_config_flags, config_from_args
+from model.config import NO_PERCEPTUAL, RUNTIME_FIELDS, TrainConfig, add_config_flags, config_from_args
 from model.data import (
     DatasetError,
     InputShard,
@@ -39,7 +42,7 @@ from model.data import (
     join,
     training_batches,
     unit_to_hu,
-    validation_batch,
+    validation_pairs,
 )
 from model.distribute import (
     StrategyError,
@@ -50,7 +53,8 @@ from model.distribute import (
 )
 from model.export import SIGNATURE_NAME, export_generator
 from model.gan import ConditionalGAN, DeblurWGAN, Pix2Pix
-from model.metrics import display, psnr_hu, ssim_hu
+from model.metrics import body_mask, display, psnr, ssim
+from model.schedule import WarmupCosine
 from model.networks import build_critic, build_generator
 from model.perceptual import (
     RANDOM_INIT,
@@ -67,34 +71,56 @@ EXIT_USER_ERROR = 2
 EXIT_SIGTERM = 143
 PROGRESS_LOGS = {"critic/wasserstein_estimate": "W", "critic/gradient_penalty": "gp", "discriminator/loss": "D",
                  "generator/total": "G"}
-NO_PERCEPTUAL_LOSS = WeightsSource("none", "", "none (pix2pix has no perceptual loss)")
+NO_PERCEPTUAL_LOSS = WeightsSource(NO_PERCEPTUAL, "", "none (no perceptual term)")
+BEST_DIR = "best_generator"
+"""LOGDIR subdirectory holding the generator of the best validation step."""
 
 
 class ResumeError(ValueError):
     """The logdir holds a run that this command cannot continue; the message says why."""
 
 
-def make_optimizer(learning_rate: float, config: TrainConfig) -> keras.optimizers.Optimizer:
-    """Adam with the config's betas, wrapped for loss scaling under mixed precision."""
-    adam = keras.optimizers.Adam(learning_rate, beta_1=config.adam_beta_1, beta_2=config.adam_beta_2)
+def make_optimizer(learning_rate: float, config: TrainConfig, total_steps: int, steps_per_update: int = 1,
+                   ) -> keras.optimizers.Optimizer:
+    """Adam with the config's betas and learning-rate schedule over `total_steps` generator steps
+    (`steps_per_update` optimizer updates each), wrapped for loss scaling under mixed precision."""
+    rate: float | WarmupCosine = learning_rate
+    if config.learning_rate_schedule == "cosine":
+        rate = WarmupCosine(learning_rate, total_steps * steps_per_update,
+                            config.learning_rate_warmup_steps * steps_per_update, config.learning_rate_final_fraction)
+    adam = keras.optimizers.Adam(rate, beta_1=config.adam_beta_1, beta_2=config.adam_beta_2)
     return keras.optimizers.LossScaleOptimizer(adam) if config.mixed_precision else adam
 
 
-def build_model(config: TrainConfig, vgg: keras.Model | None) -> ConditionalGAN:
+def network_window(window_hu: tuple[float, float], hu_window: tuple[float, float]) -> tuple[float, float]:
+    """An HU window in the network's units (`hu_window` maps to [-1, 1])."""
+    low, high = hu_window
+    return tuple(float((value - low) / (high - low) * 2.0 - 1.0) for value in window_hu)
+
+
+def build_model(config: TrainConfig, vgg: keras.Model | None, total_steps: int = 1) -> ConditionalGAN:
     """The `config.model`'s GAN (generator, critic and losses from `config`), compiled with both
-    optimizers. `vgg`: VGG19 for the perceptual loss (None for pix2pix, which has none).
+    optimizers. `vgg`: VGG19 for the perceptual loss (None when there is none: pix2pix, or
+    perceptual_weights none). `total_steps`: generator steps of the schedule (the learning rate's).
 
     Call inside `strategy.scope()` so the variables are distributed.
     """
-    if config.perceptual:
+    if config.model != "pix2pix":
+        hu_low, hu_high = config.hu_window
         gan = DeblurWGAN(
             build_generator(config),
             build_critic(config),
-            feature_extractor(vgg, config.perceptual_layer),
+            feature_extractor(vgg, config.perceptual_layer) if vgg is not None else None,
             critic_steps=config.critic_steps,
             gp_weight=config.gp_weight,
             perceptual_weight=config.perceptual_weight,
             perceptual_distance=config.perceptual_distance,
+            perceptual_window=network_window(config.perceptual_window_hu, config.hu_window),
+            pixel_weight=config.pixel_weight,
+            charbonnier_epsilon=2.0 * config.charbonnier_epsilon_hu / (hu_high - hu_low),
+            adversarial_weight=config.adversarial_weight,
+            adversarial_share=config.adversarial_gradient_share,
+            perceptual_share=config.perceptual_gradient_share,
             seed=config.seed,
         )
     else:
@@ -105,8 +131,8 @@ def build_model(config: TrainConfig, vgg: keras.Model | None) -> ConditionalGAN:
             l1_weight=config.l1_weight,
         )
     gan.compile(
-        make_optimizer(config.generator_learning_rate, config),
-        make_optimizer(config.critic_learning_rate, config),
+        make_optimizer(config.generator_learning_rate, config, total_steps),
+        make_optimizer(config.critic_learning_rate, config, total_steps, config.critic_steps),
     )
     return gan
 
@@ -156,6 +182,7 @@ class Training:
         self.chief = is_chief(strategy)
         self.global_batch = config.batch_per_replica * strategy.num_replicas_in_sync
         self.stop_signal: int | None = None
+        self.budget_reached = False
         self.validation_result: dict[str, float] = {}
 
     def say(self, message: str) -> None:
@@ -165,8 +192,7 @@ class Training:
     def prepare(self) -> None:
         """Finds the data, loads VGG19, builds the model and checkpointing; fails fast."""
         config = self.config
-        with_validation = config.validation_pairs > 0
-        self.train_splits, test_split = dataset_splits(self.data_dir, config.subdatasets, with_validation)
+        self.train_splits, validation_split = dataset_splits(self.data_dir, config.subdatasets)
         self.steps = [
             schedule.steps_per_epoch(self.train_splits[s].pairs, self.global_batch, config.max_steps_per_epoch)
             for s in config.subdatasets
@@ -181,18 +207,29 @@ class Training:
             vgg, self.weights_source = (
                 load_vgg19(config.perceptual_weights) if config.perceptual else (None, NO_PERCEPTUAL_LOSS)
             )
-            self.gan = build_model(config, vgg)
+            self.gan = build_model(config, vgg, schedule.total_steps(self.steps, config.epochs))
         if self.weights_source.kind == RANDOM_INIT:
             self.say(f"WARNING: perceptual loss uses {self.weights_source.description} (--perceptual_weights {RANDOM_INIT})")
-        if with_validation:
-            blurry, sharp = validation_batch(test_split, config.validation_pairs, config.validation_crop)
-            self.validation_hu = (blurry.astype(np.float32), sharp.astype(np.float32))
+        if config.validation_pairs:
+            if validation_split is not None:
+                sources, self.validation_source = [validation_split], "the validation/ split"
+            else:
+                sources = [self.train_splits[s] for s in config.subdatasets]
+                self.validation_source = "train pairs (the dataset has no validation/ split; the test split is never used)"
+            self.validation_hu = [(b.astype(np.float32), s.astype(np.float32))
+                                  for b, s in validation_pairs(sources, config.validation_pairs, config.validation_crop)]
+            self.validation_masks = [body_mask(sharp) for _, sharp in self.validation_hu]
         self._prepare_checkpoints()
 
     def _prepare_checkpoints(self) -> None:
         self.position_vars = {
             name: tf.Variable(0, dtype=tf.int64, trainable=False, name=name)
             for name in ("stage", "epoch", "step", "global_step", "global_batch")
+        }
+        self.best_vars = {
+            "best_validation_step": tf.Variable(-1, dtype=tf.int64, trainable=False, name="best_validation_step"),
+            "best_validation_delta_db": tf.Variable(-np.inf, dtype=tf.float64, trainable=False,
+                                                    name="best_validation_delta_db"),
         }
         gan = self.gan
         self.checkpoint = tf.train.Checkpoint(
@@ -204,7 +241,9 @@ class Training:
             critic_state=list(gan.critic.non_trainable_variables),
             **gan.checkpoint_state(),
             **self.position_vars,
+            **self.best_vars,
         )
+        self.best_checkpoint = tf.train.Checkpoint(generator=gan.generator)
         self.checkpoint_dir = join(self.logdir, CHECKPOINT_DIR)
         directory = self.checkpoint_dir if self.chief else join(self.checkpoint_dir, f"workertemp_{task_id(self.strategy)}")
         self.manager = tf.train.CheckpointManager(
@@ -212,8 +251,9 @@ class Training:
             step_counter=self.position_vars["global_step"],
         )
 
-    def restore(self) -> schedule.Position:
-        """Restores the latest checkpoint of the logdir, if any; returns the position to run next."""
+    def resume_or_start(self) -> schedule.Position:
+        """Restores the latest checkpoint of the logdir, if any (refusing other settings), writes the
+        run's config there, and returns the position to run next."""
         latest = tf.train.latest_checkpoint(self.checkpoint_dir)
         config_path = join(self.logdir, CONFIG_NAME)
         if latest and tf.io.gfile.exists(config_path):
@@ -305,7 +345,7 @@ class Training:
                 datasets.append(training_batches(
                     self.train_splits[sub], crop_size=config.crop_size, hu_window=config.hu_window,
                     shuffle_buffer=config.shuffle_buffer, seed=epoch_seed(config.seed, sub, epoch), shard=shard,
-                    steps=self.steps[stage], skip_steps=first_step,
+                    steps=self.steps[stage], skip_steps=first_step, crop_candidates=config.crop_candidates,
                 ))
             return functools.reduce(tf.data.Dataset.concatenate, datasets).prefetch(tf.data.AUTOTUNE)
 
@@ -328,26 +368,57 @@ class Training:
             tf.summary.scalar("throughput/pairs_per_second", self.global_batch / seconds_per_step, step=self.global_step)
 
     def validate(self) -> None:
-        """PSNR/SSIM of the fixed validation batch (and of its blurry input) and image triplets."""
-        config = self.config
-        blurry_hu, sharp_hu = (tf.constant(a) for a in self.validation_hu)
-        restored_hu = self.restore_hu(blurry_hu)
-        window = config.validation_window_hu
-        result = {
-            "validation/psnr_db": float(tf.reduce_mean(psnr_hu(restored_hu, sharp_hu, window))),
-            "validation/ssim": float(tf.reduce_mean(ssim_hu(restored_hu, sharp_hu, window))),
-            "validation/psnr_db_blurry": float(tf.reduce_mean(psnr_hu(blurry_hu, sharp_hu, window))),
-            "validation/ssim_blurry": float(tf.reduce_mean(ssim_hu(blurry_hu, sharp_hu, window))),
-        }
+        """Scores the fixed validation pairs (PSNR/SSIM, full field and body mask, and their gains
+        over the blurry input) to TensorBoard with image triplets; keeps the generator of the best
+        mean PSNR gain in LOGDIR/best_generator."""
+        window = self.config.validation_window_hu
+        rows = []
+        for index, ((blurry_hu, sharp_hu), mask) in enumerate(zip(self.validation_hu, self.validation_masks)):
+            restored_hu = self.deblur_hu(tf.constant(blurry_hu[None, ..., None]))[0, ..., 0].numpy()
+            row = {}
+            for region, region_mask in (("", None), ("body/", mask if mask.any() else None)):
+                for name, metric in (("psnr_db", psnr), ("ssim", ssim)):
+                    restored = metric(restored_hu, sharp_hu, window, region_mask)
+                    blurry = metric(blurry_hu, sharp_hu, window, region_mask)
+                    row.update({f"{region}{name}": restored, f"{region}{name}_blurry": blurry,
+                                f"{region}delta_{name}": restored - blurry})
+            rows.append(row)
+            triplet = tf.concat([display(tf.constant(image[None, ..., None]), window)
+                                 for image in (blurry_hu, restored_hu, sharp_hu)], axis=2)
+            tf.summary.image(f"validation/blurry_restored_sharp/{index}", triplet, step=self.global_step)
+        result = {f"validation/{name}": float(np.mean([row[name] for row in rows])) for name in rows[0]}
         for name, value in result.items():
             tf.summary.scalar(name, value, step=self.global_step)
-        triplets = tf.concat([display(blurry_hu, window), display(restored_hu, window), display(sharp_hu, window)], axis=2)
-        tf.summary.image("validation/blurry_restored_sharp", triplets, step=self.global_step, max_outputs=len(triplets))
         self.validation_result = result
+        gain = result["validation/delta_psnr_db"]
+        best = gain > float(self.best_vars["best_validation_delta_db"].numpy())
+        self.say(f"validation at step {self.global_step}: PSNR {gain:+.2f} dB over blurry "
+                 f"(body {result['validation/body/delta_psnr_db']:+.2f}), SSIM {result['validation/delta_ssim']:+.4f}"
+                 + (" (best so far)" if best else ""))
+        if best:
+            self.best_vars["best_validation_delta_db"].assign(gain)
+            self.best_vars["best_validation_step"].assign(self.global_step)
+            directory = self.best_dir if self.chief else join(self.best_dir, f"workertemp_{task_id(self.strategy)}")
+            self.best_checkpoint.write(join(directory, "generator"))
+            if not self.chief:
+                tf.io.gfile.rmtree(directory)
 
-    @tf.function
-    def restore_hu(self, blurry_hu: tf.Tensor) -> tf.Tensor:
-        """The generator's inference on HU `[B, H, W, 1]` -> restored HU (dropout off)."""
+    @property
+    def best_dir(self) -> str:
+        return join(self.logdir, BEST_DIR)
+
+    @property
+    def best_step(self) -> int:
+        """Global step of the best validation so far (-1: none)."""
+        return int(self.best_vars["best_validation_step"].numpy())
+
+    def restore_best_generator(self) -> None:
+        """Loads the generator weights of the best validation step (from LOGDIR/best_generator)."""
+        self.best_checkpoint.read(join(self.best_dir, "generator")).assert_existing_objects_matched()
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 1], tf.float32)])
+    def deblur_hu(self, blurry_hu: tf.Tensor) -> tf.Tensor:
+        """The generator's inference on HU `[B, H, W, 1]` -> deblurred HU (dropout off)."""
         restored = self.gan.generator(hu_to_unit(blurry_hu, self.config.hu_window), training=False)
         return unit_to_hu(restored, self.config.hu_window)
 
@@ -361,9 +432,17 @@ class Training:
         train_step = distributed_step(self.strategy, self.gan.train_step, config.jit_compile)
         warmup_step = distributed_step(self.strategy, self.gan.warmup_step, config.jit_compile)
         multi_worker = isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
-        if not multi_worker:
-            signal.signal(signal.SIGTERM, self._on_signal)
+        previous_handler = None if multi_worker else signal.signal(signal.SIGTERM, self._on_signal)
+        try:
+            return self._run(position, writer, train_step, warmup_step)
+        finally:
+            if previous_handler is not None:
+                signal.signal(signal.SIGTERM, previous_handler)
+
+    def _run(self, position: schedule.Position, writer, train_step: Callable, warmup_step: Callable) -> schedule.Position:
+        config, steps = self.config, self.steps
         total = schedule.total_steps(steps, config.epochs)
+        started = time.perf_counter()
         progress = tqdm(total=total, initial=schedule.steps_done(position, steps, config.epochs), unit="step",
                         disable=not self.chief, dynamic_ncols=True)
         last_saved, last_validated = self.global_step, -1
@@ -372,6 +451,9 @@ class Training:
             batches = iter(self.schedule_dataset(position)) if not schedule.finished(position, steps) else None
             tick = time.perf_counter()
             while not schedule.finished(position, steps) and self.stop_signal is None:
+                if config.time_budget_minutes and time.perf_counter() - started > 60.0 * config.time_budget_minutes:
+                    self.budget_reached = True
+                    break
                 stage = position.stage
                 step_fn = warmup_step if self.global_step < config.generator_warmup_steps else train_step
                 logs = step_fn(next(batches))
@@ -414,6 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="TensorBoard summaries, checkpoints and train_config.yaml (local or gs://); reuse it to resume")
     parser.add_argument("--export", metavar="DIR",
                         help="at the end, write the generator as a SavedModel here (serving signature: HU in, HU out)")
+    add_verbose_flag(parser)
     add_config_flags(parser)
     return parser
 
@@ -422,11 +505,29 @@ def print_start(training: Training) -> None:
     config = training.config
     training.say(f"ctdeblur-train: {strategy_name(training.strategy)}, global batch {training.global_batch} "
                  f"({config.batch_per_replica} per replica), {config.crop_size}x{config.crop_size} crops")
-    if config.perceptual:
-        training.say(f"  model {config.model}: WGAN-GP ({config.critic_steps} critic steps, alpha {config.gp_weight:g}), "
-                     f"{config.generator} generator")
-        training.say(f"  perceptual loss: {config.perceptual_distance} of VGG19 {config.perceptual_layer} x "
-                     f"{config.perceptual_weight:g}, weights {training.weights_source.description}")
+    if config.model != "pix2pix":
+        training.say(f"  model {config.model}: {config.generator} generator ({config.generator_norm} norm, "
+                     f"{config.residual_output} residual), " + (
+                         f"WGAN-GP ({config.critic_steps} critic steps, alpha {config.gp_weight:g}, "
+                         f"{config.critic_norm} norm in the critic)" if config.adversarial else "no critic"))
+        terms = []
+        if config.pixel_weight:
+            terms.append(f"{config.pixel_weight:g} x pixel Charbonnier (eps {config.charbonnier_epsilon_hu:g} HU)")
+        if config.perceptual:
+            weight = (f"{config.perceptual_gradient_share:g} of the pixel gradient" if config.perceptual_gradient_share
+                      else f"{config.perceptual_weight:g}")
+            terms.append(f"{weight} x {config.perceptual_distance} of VGG19 {config.perceptual_layer} "
+                         f"(window {config.perceptual_window_hu[0]:g}..{config.perceptual_window_hu[1]:g} HU, weights "
+                         f"{training.weights_source.description})")
+        if config.adversarial:
+            terms.append(f"{config.adversarial_gradient_share:g} of the pixel gradient x adversarial"
+                         if config.adversarial_gradient_share else f"{config.adversarial_weight:g} x adversarial")
+        training.say("  generator loss: " + " + ".join(terms))
+        if config.generator_warmup_steps:
+            training.say(f"  first {config.generator_warmup_steps} steps: content terms only")
+        if config.learning_rate_schedule == "cosine":
+            training.say(f"  learning rate: {config.generator_learning_rate:g} after {config.learning_rate_warmup_steps} "
+                         f"warm-up steps, cosine decay to x{config.learning_rate_final_fraction:g} over the schedule")
     else:
         training.say(f"  model {config.model}: {config.generator} generator, conditional PatchGAN discriminator "
                      f"({config.critic_steps} step(s)), BCE + {config.l1_weight:g} x pixel l1")
@@ -437,7 +538,7 @@ def print_start(training: Training) -> None:
 
 
 def print_end(training: Training, position: schedule.Position, steps_run: int, seconds: float,
-              export_dir: str | None) -> None:
+              export_dir: str | None, exported_step: int | None) -> None:
     config = training.config
     if training.stop_signal is not None:
         training.say(f"stopped by signal {training.stop_signal} at global step {training.global_step} "
@@ -447,17 +548,24 @@ def print_end(training: Training, position: schedule.Position, steps_run: int, s
                      f"({steps_run} steps in this run, {seconds:.1f} s)")
     training.say(f"  checkpoints: {training.checkpoint_dir} (latest: {training.manager.latest_checkpoint})")
     training.say(f"  TensorBoard: tensorboard --logdir {training.logdir}")
+    if training.budget_reached:
+        training.say(f"  time budget of {config.time_budget_minutes:g} min reached at global step {training.global_step} "
+                     f"(next: {training.describe(position)}); rerun with a larger --time_budget_minutes to continue")
     result = training.validation_result
     if result:
         window = config.validation_window_hu
         training.say(
-            f"  validation ({len(training.validation_hu[0])} pairs, window [{window[0]:g}, {window[1]:g}] HU): "
-            f"PSNR {result['validation/psnr_db']:.2f} dB (blurry {result['validation/psnr_db_blurry']:.2f}), "
-            f"SSIM {result['validation/ssim']:.4f} (blurry {result['validation/ssim_blurry']:.4f})"
+            f"  validation at step {training.global_step} ({len(training.validation_hu)} pairs of {training.validation_source}, "
+            f"window [{window[0]:g}, {window[1]:g}] HU): PSNR {result['validation/psnr_db']:.2f} dB "
+            f"(blurry {result['validation/psnr_db_blurry']:.2f}, {result['validation/delta_psnr_db']:+.2f}), "
+            f"SSIM {result['validation/ssim']:.4f} (blurry {result['validation/ssim_blurry']:.4f}); in the body "
+            f"{result['validation/body/delta_psnr_db']:+.2f} dB, SSIM {result['validation/body/delta_ssim']:+.4f}"
         )
-    if export_dir and training.chief and training.stop_signal is None:
-        training.say(f"  exported generator: {export_dir} (signature serving_default / {SIGNATURE_NAME}: "
-                     "float32 HU [H, W] or [B, H, W, 1] -> HU)")
+        training.say(f"  best validation: step {training.best_step}, "
+                     f"{float(training.best_vars['best_validation_delta_db'].numpy()):+.2f} dB over blurry")
+    if exported_step is not None:
+        training.say(f"  exported generator of step {exported_step} ({config.export_weights}): {export_dir} "
+                     f"(signature serving_default / {SIGNATURE_NAME}: float32 HU [H, W] or [B, H, W, 1] -> HU)")
     training.say(f"  generator weights sha256: {weights_digest(training.gan.generator)}")
 
 
@@ -467,17 +575,26 @@ def run(config: TrainConfig, data_dir: str, logdir: str, export_dir: str | None)
     training = Training(config, data_dir, logdir, strategy)
     training.prepare()
     print_start(training)
-    position = training.restore()
+    position = training.resume_or_start()
     started, start_step = time.perf_counter(), training.global_step
     position = training.run(position)
     seconds = time.perf_counter() - started
+    exported_step = None
     if export_dir and training.chief and training.stop_signal is None:
+        exported_step = training.global_step
+        if config.export_weights == "best" and training.best_step >= 0:
+            training.restore_best_generator()
+            exported_step = training.best_step
         export_generator(training.gan.generator, config, export_dir, {
-            "global_step": training.global_step,
+            "global_step": exported_step,
+            "final_step": training.global_step,
+            "weights": config.export_weights if exported_step != training.global_step else "last",
+            "validation_delta_psnr_db": float(training.best_vars["best_validation_delta_db"].numpy())
+            if training.best_step >= 0 else None,
             "perceptual_weights": training.weights_source.description,
             "data": data_dir,
         })
-    print_end(training, position, training.global_step - start_step, seconds, export_dir)
+    print_end(training, position, training.global_step - start_step, seconds, export_dir, exported_step)
     return EXIT_SIGTERM if training.stop_signal is not None else 0
 
 

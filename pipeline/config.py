@@ -15,6 +15,7 @@ from typing import Any, Mapping
 from pipeline.archives.registration import RegistrationConfig
 from pipeline.archives.series import SeriesFilter
 from pipeline.archives.tcia import DEFAULT_COLLECTIONS, TciaConfig
+from pipeline.noise import NoiseConfig
 from pipeline.projection import ProjectionConfig
 from pipeline.settings import add_setting_flag, read_yaml_mapping, setting
 
@@ -63,6 +64,8 @@ class PipelineConfig:
     seed: int = setting(0, "run seed: kernels, noise, phantoms, split and shard order derive from it and stable ids")
     target_pairs: int = setting(14329, "pairs to write in total, test included (spread evenly over all series in z)")
     test_pairs: int = setting(300, "pairs in the patient-disjoint test split")
+    validation_pairs: int = setting(0, "pairs in the validation/ split, patient-disjoint from test and train: the "
+                                       "trainer's validation and best-checkpoint choice; 0 = no validation split")
     subdatasets: int = setting(7, "train sub-datasets (train-0 .. train-N-1), fed one after another to the trainer")
     kernels_per_slice: int = setting(1, "motion kernels (pairs) per selected slice; target_pairs and test_pairs must be multiples")
     min_body_fraction: float = setting(0.10, "skip slices where less than this fraction of pixels is body (HU > body_hu_threshold)")
@@ -71,8 +74,10 @@ class PipelineConfig:
     compression: str = setting("none", "shard compression: none or gzip", choices=("none", "gzip"))
     patient_salt: str = setting("ctdeblur-v1", "salt of the patient_key hash; set a secret one for non-public data")
     raw_patient_ids: bool = setting(False, "also store the raw PatientID in each record (off: only the salted patient_key)")
-    noise_sigma_hu: float = setting(0.0, "std of additive Gaussian noise on the blurry image (HU); 0 = off")
-    noise_poisson_counts_per_hu: float = setting(0.0, "signal-dependent Poisson noise on the blurry image, counts per HU above -1024; 0 = off")
+    noise_sigma_hu: float = setting(0.0, "std of extra white Gaussian noise on the blurry image (HU), on top of the "
+                                         "noise model (noise_*); 0 = off")
+    noise_poisson_counts_per_hu: float = setting(0.0, "extra signal-dependent Poisson noise on the blurry image, counts "
+                                                      "per HU above -1024, on top of the noise model; 0 = off")
     collection: str = setting("local", "collection name recorded for --source dicom-dir inputs")
     blur_model: str = setting("kernel", "kernel: image-space motion PSF (the paper's); projection: rigid patient motion "
                              "during the scan, forward-projected and reconstructed by FBP", choices=("kernel", "projection"))
@@ -84,6 +89,7 @@ class PipelineConfig:
                                 "bundled with the idc-index-data package (offline)")
     registered_collection: str = setting("fb-dibh", "collection name recorded for --source pairs")
     motion: MotionConfig = dataclasses.field(default_factory=MotionConfig)
+    noise: NoiseConfig = dataclasses.field(default_factory=NoiseConfig)
     projection: ProjectionConfig = dataclasses.field(default_factory=ProjectionConfig)
     series_filter: SeriesFilter = dataclasses.field(default_factory=SeriesFilter)
     tcia: TciaConfig = dataclasses.field(default_factory=TciaConfig)
@@ -103,6 +109,10 @@ class PipelineConfig:
         return self.test_pairs // self.kernels_per_slice
 
     @property
+    def validation_slices(self) -> int:
+        return self.validation_pairs // self.kernels_per_slice
+
+    @property
     def target_slices(self) -> int:
         return self.target_pairs // self.kernels_per_slice
 
@@ -110,12 +120,13 @@ class PipelineConfig:
         """Returns self, or raises ValueError naming the bad setting."""
         if self.kernels_per_slice < 1:
             raise ValueError(f"kernels_per_slice must be >= 1, got {self.kernels_per_slice}")
-        for name in ("target_pairs", "test_pairs"):
+        for name in ("target_pairs", "test_pairs", "validation_pairs"):
             value = getattr(self, name)
             if value < 0 or value % self.kernels_per_slice:
                 raise ValueError(f"{name}={value} must be >= 0 and a multiple of kernels_per_slice={self.kernels_per_slice}")
-        if self.test_pairs > self.target_pairs:
-            raise ValueError(f"test_pairs={self.test_pairs} exceeds target_pairs={self.target_pairs}")
+        if self.test_pairs + self.validation_pairs > self.target_pairs:
+            raise ValueError(f"test_pairs={self.test_pairs} + validation_pairs={self.validation_pairs} exceeds "
+                             f"target_pairs={self.target_pairs}")
         if self.subdatasets < 1:
             raise ValueError(f"subdatasets must be >= 1, got {self.subdatasets}")
         if self.pairs_per_shard < 1:
@@ -131,6 +142,7 @@ class PipelineConfig:
         if self.phantom.patients < 1 or self.phantom.slices < 1 or self.phantom.size < 32:
             raise ValueError(f"phantom needs >= 1 patient, >= 1 slice and size >= 32, got {self.phantom}")
         self.motion.validate()
+        self.noise.validate()
         self.projection.validate()
         self.series_filter.validate()
         self.registration.validate()

@@ -6,7 +6,10 @@ does not know is handed to Beam's PipelineOptions.
 
 from __future__ import annotations
 
+import cli_shell.quiet_start  # noqa: F401  (first: quiets TensorFlow / absl / Google noise unless --verbose)
+
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -20,9 +23,10 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from cli_shell.quiet import add_verbose_flag
 from pipeline.archive_sources import read_pairs_manifest
-from pipeline.archives.idc import list_idc_series
-from pipeline.archives.series import ArchiveError
+from pipeline.archives.idc import collections_with_ct, list_idc_series
+from pipeline.archives.series import ArchiveError, SeriesListing, collection_names
 from pipeline.archives.tcia import list_series
 from pipeline.config import PipelineConfig, add_config_flags, config_from_args
 from pipeline.files import read_bytes, write_bytes
@@ -34,6 +38,7 @@ from tfrecords_schema import (
     SCHEMA_VERSION,
     TEST_DIR,
     UNSELECTED_NAME,
+    VALIDATION_DIR,
 )
 
 SUMMARY_NAME = "_run_summary.json"
@@ -58,8 +63,9 @@ Same inputs + settings + --seed give byte-identical shards whatever the runner's
 examples:
   ctdeblur-make-dataset --preset demo --source phantom --source pydicom-samples --output demo_output
   ctdeblur-make-dataset --source dicom-dir --input /data/ct --collection MYCOHORT --output ds
-  ctdeblur-make-dataset --source tcia --collections CPTAC-LUAD TCGA-SARC --output ds
-  ctdeblur-make-dataset --source idc --collections CPTAC-LUAD --output ds
+  ctdeblur-make-dataset --source idc --source tcia --output ds   # the paper's four collections: each from
+                                                                # IDC where IDC has its CT, else from TCIA
+  ctdeblur-make-dataset --source idc --collections CPTAC-LUAD,TCGA-SARC --output ds
   ctdeblur-make-dataset --source pairs --pairs_manifest pairs.csv --output ds
 """
 
@@ -85,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--phantom_dir", help="where --source phantom writes its DICOM series (default OUTPUT/phantom_dicom)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing dataset in OUTPUT (its splits, manifest and dead letters)")
+    add_verbose_flag(parser, "also log each series and shard")
     add_config_flags(parser)
     return parser
 
@@ -93,7 +100,7 @@ def _dataset_entries(output: str) -> list[str]:
     """Paths of a previous dataset's files and directories inside `output` (local only)."""
     if not os.path.isdir(output):
         return []
-    names = {MANIFEST_NAME, DEAD_LETTER_NAME, UNSELECTED_NAME, SUMMARY_NAME, REGISTERED_DIR, TEST_DIR}
+    names = {MANIFEST_NAME, DEAD_LETTER_NAME, UNSELECTED_NAME, SUMMARY_NAME, REGISTERED_DIR, TEST_DIR, VALIDATION_DIR}
     return sorted(os.path.join(output, n) for n in os.listdir(output)
                   if n in names or (n.startswith("train-") and n[6:].isdigit()))
 
@@ -158,7 +165,8 @@ def build_manifest(summary: dict, counters: dict, config: PipelineConfig, source
     rejected_total = sum(summary["rejected"].values())
     keys = summary["patient_keys"]
     test_keys = set(keys.get(TEST_DIR, []))
-    train_keys = set().union(*(set(v) for k, v in keys.items() if k != TEST_DIR)) if keys else set()
+    validation_keys = set(keys.get(VALIDATION_DIR, []))
+    train_keys = set().union(*(set(v) for k, v in keys.items() if k not in (TEST_DIR, VALIDATION_DIR))) if keys else set()
     return {
         "schema_version": SCHEMA_VERSION,
         "ctdeblur_version": VERSION,
@@ -176,7 +184,9 @@ def build_manifest(summary: dict, counters: dict, config: PipelineConfig, source
             "slices_rejected": rejected_total,
             "balanced": summary["inputs"]["slices"] == summary["written"]["slices"] + rejected_total,
         },
-        "leakage": {"patients_in_test_and_train": len(test_keys & train_keys)},
+        "leakage": {"patients_in_test_and_train": len(test_keys & train_keys),
+                    "patients_in_validation_and_train": len(validation_keys & train_keys),
+                    "patients_in_test_and_validation": len(test_keys & validation_keys)},
         "plan": summary["plan"],
         "warnings": summary["warnings"],
         "dead_letters": {"problems": DEAD_LETTER_NAME, "unselected": UNSELECTED_NAME},
@@ -190,13 +200,15 @@ def print_summary(manifest: dict, output: str, stream=sys.stdout) -> None:
     write = lambda line="": print(line, file=stream)  # noqa: E731
     config = manifest["config"]
     write(f"\nDataset written to {output}")
-    write(f"  schema v{manifest['schema_version']}, {manifest['compression']} TFRecord shards, seed {config['seed']}, "
+    compression = "uncompressed" if manifest["compression"] == "none" else manifest["compression"]
+    write(f"  schema v{manifest['schema_version']}, {compression} TFRecord shards, seed {config['seed']}, "
           f"sources: {', '.join(manifest['sources'])}")
-    write(f"  {'split':<9}{'pairs':>8}{'patients':>10}{'series':>8}{'shards':>8}")
-    for name, split in sorted(manifest["splits"].items(), key=lambda kv: (kv[0] != TEST_DIR, kv[0])):
-        write(f"  {name:<9}{split['pairs']:>8}{split['patients']:>10}{split['series']:>8}{len(split['shards']):>8}")
+    write(f"  {'split':<11}{'pairs':>8}{'patients':>10}{'series':>8}{'shards':>8}")
+    order = {TEST_DIR: 0, VALIDATION_DIR: 1}
+    for name, split in sorted(manifest["splits"].items(), key=lambda kv: (order.get(kv[0], 2), kv[0])):
+        write(f"  {name:<11}{split['pairs']:>8}{split['patients']:>10}{split['series']:>8}{len(split['shards']):>8}")
     written, inputs, accounting = manifest["written"], manifest["inputs"], manifest["accounting"]
-    write(f"  {'total':<9}{written['pairs']:>8}")
+    write(f"  {'total':<11}{written['pairs']:>8}")
     write(f"  inputs: {inputs['files']} files, {inputs['series']} series; slices read {accounting['slices_read']} = "
           f"written {accounting['slices_written']} + rejected {accounting['slices_rejected']}"
           f"{'' if accounting['balanced'] else '  (MISMATCH: please report)'}")
@@ -206,7 +218,11 @@ def print_summary(manifest: dict, output: str, stream=sys.stdout) -> None:
         write(f"  series not read: {sum(manifest['rejected_series'].values())}")
         for reason, count in manifest["rejected_series"].items():
             write(f"    {reason:<28}{count:>7}")
-    write(f"  test/train patient overlap: {manifest['leakage']['patients_in_test_and_train']}")
+    leakage = manifest["leakage"]
+    write(f"  test/train patient overlap: {leakage['patients_in_test_and_train']}"
+          + ("" if VALIDATION_DIR not in manifest["splits"] else
+             f", validation/train: {leakage['patients_in_validation_and_train']}, "
+             f"test/validation: {leakage['patients_in_test_and_validation']}"))
     for warning in manifest["warnings"]:
         write(f"  WARNING: {warning}")
     write(f"  dead letters: {FileSystems.join(output, DEAD_LETTER_NAME)} (problems), "
@@ -214,14 +230,46 @@ def print_summary(manifest: dict, output: str, stream=sys.stdout) -> None:
     write(f"  manifest: {FileSystems.join(output, MANIFEST_NAME)}   ({manifest['run_seconds']} s)")
 
 
+def _note(message: str) -> None:
+    print(f"ctdeblur-make-dataset: {message}", file=sys.stderr)
+
+
 def list_sources(config: PipelineConfig, sources: list[str], pairs_manifest: str | None) -> dict:
-    """What the archive sources will fetch, listed before the pipeline starts (fails fast)."""
+    """What the archive sources will fetch, listed before the pipeline starts (fails fast).
+
+    With both `idc` and `tcia`, each collection is read from IDC when IDC has its CT and from
+    TCIA otherwise (TCIA is moving public DICOM access to IDC; IDC serves from cloud buckets).
+    """
     listings: dict = {}
+    collections = collection_names(config.collections)
+    tcia_collections = collections
     try:
-        if "tcia" in sources:
-            listings["tcia"] = list_series(config.tcia_config())
         if "idc" in sources:
-            listings["idc"] = list_idc_series(config.collections, config.idc_index or None, config.series_filter)
+            try:
+                listings["idc"] = list_idc_series(collections, config.idc_index or None, config.series_filter)
+            except ArchiveError as error:
+                if "tcia" not in sources or error.reason != "no_ct_in_idc":
+                    raise
+                listings["idc"] = SeriesListing((), (), ())
+            if "tcia" in sources:
+                in_idc = {record.collection for record in listings["idc"].kept}
+                in_idc |= {record.collection for record, _ in listings["idc"].dropped}
+                tcia_collections = tuple(name for name in collections if name not in in_idc)
+                unavailable = tuple(item for item in listings["idc"].unavailable if item[0] not in tcia_collections)
+                listings["idc"] = listings["idc"]._replace(unavailable=unavailable)
+                from_idc = [name for name in collections if name in in_idc]
+                _note(f"collections from IDC: {', '.join(from_idc) or 'none'}; from TCIA: "
+                      f"{', '.join(tcia_collections) or 'none'}")
+        if "tcia" in sources:
+            if tcia_collections:
+                listings["tcia"] = list_series(dataclasses.replace(config.tcia_config(), collections=tcia_collections))
+            else:
+                listings["tcia"] = SeriesListing((), (), ())
+            if "idc" not in sources:
+                in_idc = collections_with_ct(tcia_collections, config.idc_index or None)
+                if in_idc:
+                    _note(f"IDC holds the CT of {', '.join(in_idc)}: add --source idc to read it from IDC's buckets "
+                          "instead of TCIA's server (recommended; TCIA is moving public DICOM access to IDC)")
         if "pairs" in sources:
             listings["pairs"] = read_pairs_manifest(pairs_manifest)
     except ArchiveError as error:
@@ -231,8 +279,46 @@ def list_sources(config: PipelineConfig, sources: list[str], pairs_manifest: str
     for name in ("tcia", "idc"):
         if name in listings:
             for collection, message in listings[name].unavailable:
-                print(f"ctdeblur-make-dataset: warning: {name} {collection}: {message}", file=sys.stderr)
+                _note(f"warning: {name} {collection}: {message}")
     return listings
+
+
+REASON_SETTINGS = {
+    "filtered_too_few_slices": ("--series_filter_min_slices", ("series_filter", "min_slices")),
+    "filtered_description_excluded": ("--series_filter_description_exclude", ("series_filter", "description_exclude")),
+    "filtered_description_not_included": ("--series_filter_description_include",
+                                          ("series_filter", "description_include")),
+    "filtered_over_patient_limit": ("--series_filter_max_series_per_patient",
+                                    ("series_filter", "max_series_per_patient")),
+    "collection_unavailable": ("--collections", ("collections",)),
+    "low_body_fraction": ("--min_body_fraction", ("min_body_fraction",)),
+    "not_selected_z_stride": ("--target_pairs", ("target_pairs",)),
+    "registration_rejected": ("--registration_min_ncc", ("registration", "min_ncc")),
+    "outside_registered_fb": ("--registration_min_slice_coverage", ("registration", "min_slice_coverage")),
+    "missing_series_files": ("--idc_bucket_root", ("idc_bucket_root",)),
+}
+"""Rejection reason -> the flag (and config path) that decides it, for the zero-pairs message."""
+
+
+def zero_pairs_message(manifest: dict, output: str) -> str:
+    """One line saying why a run wrote no pair: its biggest rejection reason (slices first, as
+    they are the last step; series when no slice was read) and the flag that controls it."""
+    slices, series = manifest.get("rejected", {}), manifest.get("rejected_series", {})
+    counts, unit = (slices, "slices") if slices else (series, "series")
+    details = FileSystems.join(output, MANIFEST_NAME)
+    if not counts:
+        return f"no pairs written: no input was found (check --source and its input); details in {details}"
+    reason, count = max(counts.items(), key=lambda item: (item[1], item[0]))
+    total = sum(counts.values())
+    line = f"no pairs written: the biggest rejection reason is {reason} ({count} of {total} {unit} rejected)"
+    if reason in REASON_SETTINGS:
+        flag, path = REASON_SETTINGS[reason]
+        value: object = manifest.get("config", {})
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        shown = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+        line += f"; {flag} controls it (now {shown})"
+    return f"{line}; details in {details}"
 
 
 def build_pipeline(config: PipelineConfig, sources: list[str], input_path: str | None, output: str,
@@ -254,6 +340,7 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> dict:
     args, beam_args = parser.parse_known_args(argv)
     try:
         config = config_from_args(args)
+        config = dataclasses.replace(config, collections=collection_names(config.collections)).validate()
     except (ValueError, OSError) as error:
         raise UserError(f"invalid settings: {error}") from error
     sources = args.source or ["phantom"]
@@ -293,10 +380,10 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("ctdeblur").setLevel(logging.INFO)
-    logging.getLogger("pydicom").setLevel(logging.ERROR)
     args = build_parser().parse_known_args(argv)[0]
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("ctdeblur").setLevel(logging.INFO if args.verbose else logging.WARNING)
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
     try:
         manifest = run(argv)
     except UserError as error:
@@ -305,7 +392,11 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as error:
         print(f"ctdeblur-make-dataset: error: {error}", file=sys.stderr)
         return 2
-    print_summary(manifest, args.output.rstrip("/"))
+    output = args.output.rstrip("/")
+    if manifest["written"]["pairs"] == 0:
+        print(f"ctdeblur-make-dataset: error: {zero_pairs_message(manifest, output)}", file=sys.stderr)
+        return 1
+    print_summary(manifest, output)
     return 0 if manifest["accounting"]["balanced"] else 1
 
 

@@ -14,6 +14,7 @@ from pipeline.kernels import (
     path_length_px,
     sample_motion_params,
 )
+from pipeline.noise import add_pair_noise
 from pipeline.planning import PairTask
 from pipeline.projection import projection_pair, sample_rigid_motion
 from tfrecords_schema import MOTION_PARAM_NAMES, Pair, encode_pair
@@ -59,7 +60,8 @@ def _projection_blur(sharp: np.ndarray, spacing_mm: tuple[float, float], rng: np
 
 
 def make_pair(task: PairTask, hu: np.ndarray, config: PipelineConfig, registered_fb_hu: np.ndarray | None = None) -> Pair:
-    """Blurs `hu` (float32 [H, W], HU) with the task's random motion (kernel or projection model).
+    """Blurs `hu` (float32 [H, W], HU) with the task's random motion (kernel or projection model),
+    then applies the noise model (`pipeline.noise`) to both images.
 
     With `projection`, the sharp target is the static reconstruction through the same projector and
     FBP, so the pair differs only by the motion. For a registered task, `registered_fb_hu` (the
@@ -78,6 +80,9 @@ def make_pair(task: PairTask, hu: np.ndarray, config: PipelineConfig, registered
     else:
         blurred = _kernel_blur(sharp, rng, config)
     blurry = blurred.pop("blurry")
+    if not task.registered_fb:
+        noisy_sharp, blurry, noise = add_pair_noise(blurred["sharp_hu"], blurry, header.pixel_spacing_mm, config.noise, rng)
+        blurred.update(sharp_hu=to_int16_hu(noisy_sharp), noise=noise.as_record())
     if config.noise_sigma_hu or config.noise_poisson_counts_per_hu:
         blurry = add_noise(blurry, rng, config.noise_sigma_hu, config.noise_poisson_counts_per_hu)
     return Pair(

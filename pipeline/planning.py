@@ -92,6 +92,7 @@ class Plan:
     test_patients: int
     train_patients: int
     warnings: tuple[str, ...]
+    validation_patients: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,32 +200,43 @@ def make_plan(summaries: Iterable[tuple[str, str, int]], config: PipelineConfig)
         per_patient[key] += eligible
     patients = sorted(per_patient, key=lambda key: (stable_hash(config.seed, "split", key), key))
 
-    test_keys: set[str] = set()
-    test_eligible = 0
-    for key in patients:
-        if test_eligible >= config.test_slices or len(test_keys) >= len(patients) - 1:
-            break
-        test_keys.add(key)
-        test_eligible += per_patient[key]
-    if config.test_slices and not test_keys:
-        warnings.append(f"test split is empty: a patient-disjoint test split needs >= 2 patients, found {len(patients)}")
+    held_out: dict[str, set[str]] = {"test": set(), "validation": set()}
+    remaining = list(patients)
+    for split, wanted in (("test", config.test_slices), ("validation", config.validation_slices)):
+        eligible = 0
+        while remaining and eligible < wanted and len(remaining) > 1:
+            key = remaining.pop(0)
+            held_out[split].add(key)
+            eligible += per_patient[key]
+        if wanted and not held_out[split]:
+            needed = 2 if split == "test" else 2 + bool(held_out["test"])
+            warnings.append(f"{split} split is empty: a patient-disjoint {split} split needs >= {needed} patients, "
+                            f"found {len(patients)}")
+    test_keys, validation_keys = held_out["test"], held_out["validation"]
 
     test_series = [(uid, n) for uid, key, n in series if key in test_keys]
-    train_series = sorted(((uid, n) for uid, key, n in series if key not in test_keys),
+    validation_series = [(uid, n) for uid, key, n in series if key in validation_keys]
+    train_series = sorted(((uid, n) for uid, key, n in series if key not in test_keys | validation_keys),
                           key=lambda item: (stable_hash(config.seed, "series", item[0]), item[0]))
     test_quota = _largest_remainder(config.test_slices, test_series, config.seed)
-    train_quota = _largest_remainder(config.target_slices - config.test_slices, train_series, config.seed)
+    validation_quota = _largest_remainder(config.validation_slices, validation_series, config.seed)
+    train_quota = _largest_remainder(config.target_slices - config.test_slices - config.validation_slices,
+                                     train_series, config.seed)
 
-    test_written = sum(test_quota.values())
+    written = {"test": sum(test_quota.values()), "validation": sum(validation_quota.values())}
+    for split, wanted, pairs in (("test", config.test_slices, config.test_pairs),
+                                 ("validation", config.validation_slices, config.validation_pairs)):
+        if written[split] < wanted:
+            warnings.append(f"{split} split has {written[split] * config.kernels_per_slice} pairs, {pairs} requested: "
+                            f"not enough eligible slices in {split} patients")
     train_written = sum(train_quota.values())
-    if test_written < config.test_slices:
-        warnings.append(f"test split has {test_written * config.kernels_per_slice} pairs, "
-                        f"{config.test_pairs} requested: not enough eligible slices in test patients")
-    if train_written < config.target_slices - config.test_slices:
+    train_wanted = config.target_slices - config.test_slices - config.validation_slices
+    if train_written < train_wanted:
         warnings.append(f"train splits have {train_written * config.kernels_per_slice} pairs, "
-                        f"{config.target_pairs - config.test_pairs} requested: not enough eligible slices")
+                        f"{train_wanted * config.kernels_per_slice} requested: not enough eligible slices")
 
     plans: dict[str, SeriesPlan] = {uid: SeriesPlan("test", test_quota[uid], 0) for uid, _ in test_series}
+    plans.update({uid: SeriesPlan("validation", validation_quota[uid], 0) for uid, _ in validation_series})
     offset = 0
     for uid, _ in train_series:
         plans[uid] = SeriesPlan("train", train_quota[uid], offset)
@@ -232,12 +244,15 @@ def make_plan(summaries: Iterable[tuple[str, str, int]], config: PipelineConfig)
 
     k = config.kernels_per_slice
     train_pairs = train_written * k
-    pairs_per_split = {split_dir("test", -1): test_written * k}
+    pairs_per_split = {split_dir("test", -1): written["test"] * k}
+    if config.validation_pairs:
+        pairs_per_split[split_dir("validation", -1)] = written["validation"] * k
     for index in range(config.subdatasets):
         pairs_per_split[split_dir("train", index)] = train_pairs // config.subdatasets + (
             1 if index < train_pairs % config.subdatasets else 0)
     shards = {name: max(1, math.ceil(pairs / config.pairs_per_shard)) for name, pairs in pairs_per_split.items()}
-    return Plan(plans, pairs_per_split, shards, len(test_keys), len(patients) - len(test_keys), tuple(warnings))
+    return Plan(plans, pairs_per_split, shards, len(test_keys), len(patients) - len(test_keys) - len(validation_keys),
+                tuple(warnings), len(validation_keys))
 
 
 def evenly_spaced(count: int, quota: int) -> list[int]:
@@ -278,7 +293,7 @@ def pair_tasks(series: SeriesSlices, plan: Plan, config: PipelineConfig) -> tupl
             ))
             continue
         for kernel_index in range(config.kernels_per_slice):
-            if series_plan.split == "test":
+            if series_plan.split != "train":
                 subdataset = -1
             else:
                 global_pair = (series_plan.offset + rank) * config.kernels_per_slice + kernel_index

@@ -239,7 +239,7 @@ def _summarize(_, files: int, slices: int, series: int, shards: list, rejected: 
         "rejected": {reason: n for (unit, reason), n in sorted(rejected) if unit == "file"},
         "rejected_series": {reason: n for (unit, reason), n in sorted(rejected) if unit == "series"},
         "plan": {"pairs_per_split": dict(plan.pairs_per_split), "test_patients": plan.test_patients,
-                 "train_patients": plan.train_patients},
+                 "validation_patients": plan.validation_patients, "train_patients": plan.train_patients},
         "warnings": list(plan.warnings),
         "config": config.to_dict(),
     }

@@ -67,9 +67,9 @@ def test_oracles_improve_psnr_over_blurry_on_phantom_pairs(pairs, method):
 
 
 def test_delta_psf_leaves_the_image_unchanged(pairs):
-    _, sharp, _ = pairs[0]
+    sharp = pairs[0][1].copy()
+    sharp[:4, :4] = -2000
     delta = np.ones((1, 1), np.float32)
-    assert sharp.min() < -1024
     np.testing.assert_allclose(baselines.richardson_lucy(sharp, delta, 3), np.maximum(sharp, -1024), atol=1e-2)
     np.testing.assert_allclose(baselines.wiener_deconvolve(sharp, delta, 1e-6), sharp, atol=1e-2)
 

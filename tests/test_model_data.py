@@ -20,7 +20,7 @@ from model.data import (
     hu_to_unit,
     training_batches,
     unit_to_hu,
-    validation_batch,
+    validation_pairs,
 )
 
 WINDOW = (-1024.0, 3071.0)
@@ -65,21 +65,22 @@ def test_crop_pair_pads_small_images_with_air():
 
 
 def test_splits_from_manifest_and_without(dataset, tmp_path):
-    train, test = dataset_splits(dataset, [0, 1], with_test=True)
-    assert train[1].pairs == 12 and test.pairs == 3 and len(train[0].files) == 3
+    train, validation = dataset_splits(dataset, [0, 1])
+    assert train[1].pairs == 12 and len(train[0].files) == 3
+    assert validation is None  # no validation/ split: the test split is never handed to the trainer
     bare = write_dataset(str(tmp_path / "bare"), train_pairs=5, test_pairs=1, subdatasets=1, manifest=False)
     assert find_split(bare, "train-0", None).pairs == 5
     with pytest.raises(DatasetError, match="train-3"):
-        dataset_splits(dataset, [3], with_test=False)
+        dataset_splits(dataset, [3])
     os.rename(os.path.join(bare, "train-0"), os.path.join(bare, "moved"))
     with pytest.raises(DatasetError, match="no shards match .*train-0"):
         find_split(bare, "train-0", None)
     with pytest.raises(DatasetError, match="does not exist"):
-        dataset_splits(os.path.join(dataset, "nowhere"), [0], with_test=False)
+        dataset_splits(os.path.join(dataset, "nowhere"), [0])
 
 
 def test_training_batches_are_deterministic_and_seeded(dataset):
-    train, _ = dataset_splits(dataset, [0], with_test=False)
+    train, _ = dataset_splits(dataset, [0])
     first, again, other = batches_of(train[0]), batches_of(train[0]), batches_of(train[0], seed=6)
     assert len(first) == 6
     assert first[0][0].shape == (2, 16, 16, 1) and first[0][0].dtype == np.float32
@@ -90,7 +91,7 @@ def test_training_batches_are_deterministic_and_seeded(dataset):
 
 
 def test_resumed_epoch_continues_with_the_same_batches(dataset):
-    train, _ = dataset_splits(dataset, [0], with_test=False)
+    train, _ = dataset_splits(dataset, [0])
     full = batches_of(train[0])
     resumed = batches_of(train[0], skip_steps=4)
     assert len(resumed) == 2
@@ -100,7 +101,7 @@ def test_resumed_epoch_continues_with_the_same_batches(dataset):
 
 
 def test_input_shards_see_disjoint_records(dataset):
-    train, _ = dataset_splits(dataset, [0], with_test=False)
+    train, _ = dataset_splits(dataset, [0])
     single = batches_of(train[0], shard=InputShard(batch=1), steps=12)
     parts = [batches_of(train[0], shard=InputShard(count=2, index=i, batch=1), steps=6) for i in (0, 1)]
     def keys(batches):
@@ -110,12 +111,15 @@ def test_input_shards_see_disjoint_records(dataset):
     assert not set(keys(parts[0])) & set(keys(parts[1]))
 
 
-def test_validation_batch_is_fixed_centre_crops(dataset):
-    _, test = dataset_splits(dataset, [0], with_test=True)
-    blurry, sharp = validation_batch(test, 5, 32)
-    assert blurry.shape == sharp.shape == (3, 32, 32, 1) and sharp.dtype == np.int16
-    again = validation_batch(test, 5, 32)
-    np.testing.assert_array_equal(sharp, again[1])
+def test_validation_pairs_are_fixed_int16_crops(dataset):
+    train, _ = dataset_splits(dataset, [0])
+    pairs = validation_pairs([train[0]], 5, 32)
+    assert len(pairs) == 5
+    assert all(b.shape == s.shape == (32, 32) and s.dtype == b.dtype == np.int16 for b, s in pairs)
+    again = validation_pairs([train[0]], 5, 32)
+    assert all(np.array_equal(s, s2) and np.array_equal(b, b2) for (b, s), (b2, s2) in zip(pairs, again))
+    whole = validation_pairs([train[0]], 20, 0)
+    assert len(whole) == 12 and whole[0][1].shape == (40, 44)  # all the split has, whole slices at crop 0
 
 
 def test_epoch_seed_depends_on_every_part():
@@ -141,7 +145,7 @@ def test_manifest_problems_name_the_manifest(tmp_path):
     root = write_dataset(str(tmp_path / "data"), train_pairs=2, test_pairs=1, subdatasets=1)
     os.remove(os.path.join(root, "train-0", "pairs-00001-of-00002.tfrecord"))
     with pytest.raises(DatasetError, match="lists shards that do not exist: .*pairs-00001-of-00002"):
-        dataset_splits(root, [0], with_test=False)
+        dataset_splits(root, [0])
     manifest = os.path.join(root, "manifest.json")
     with open(manifest) as handle:
         content = json.load(handle)
@@ -149,4 +153,4 @@ def test_manifest_problems_name_the_manifest(tmp_path):
     with open(manifest, "w") as handle:
         json.dump(content, handle)
     with pytest.raises(DatasetError, match="manifest.json: .*99"):
-        dataset_splits(root, [0], with_test=False)
+        dataset_splits(root, [0])

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from test_model_support import PAPER_RECIPE
 
-from model.config import preset_config
+from model.config import config_from_dict, preset_config
 from model.networks import (
     build_critic,
     build_generator,
@@ -30,9 +31,14 @@ def expected_generator_params(f: int = 64, blocks: int = 9) -> int:
     return head + down + res + up + tail
 
 
+def paper_config():
+    """The paper preset with the reference paper's networks (instance norm, tanh residual, batch-norm critic)."""
+    return config_from_dict(PAPER_RECIPE, base=preset_config("paper"))
+
+
 @pytest.fixture(scope="module")
 def paper_generator():
-    return build_generator(preset_config("paper"))
+    return build_generator(paper_config())
 
 
 def test_paper_generator_parameter_count(paper_generator):
@@ -78,7 +84,7 @@ def test_small_generator_residual_changes_odd_sized_images_only_through_the_tail
 
 
 def test_paper_critic_blocks_norms_and_patch_scores():
-    critic = build_critic(preset_config("paper"))
+    critic = build_critic(paper_config())
     convs = [layer for layer in critic.layers if layer.name.endswith("_conv")]
     norms = [layer.name for layer in critic.layers if layer.name.endswith("_norm")]
     assert [c.filters for c in convs] == [64, 128, 256, 512]

@@ -7,8 +7,11 @@ pipeline code.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -53,6 +56,29 @@ def phantom_pair(rng: np.random.Generator, size: tuple[int, int], split: str, su
     )
 
 
+PAPER_RECIPE = {
+    "generator_norm": "instance", "residual_output": "tanh", "generator_dropout": 0.5, "critic_norm": "batch",
+    "pixel_weight": 0.0, "adversarial_weight": 1.0, "adversarial_gradient_share": 0.0, "perceptual_weight": 100.0,
+    "perceptual_distance": "l1", "perceptual_gradient_share": 0.0, "perceptual_window_hu": (-1024.0, 3071.0),
+    "gp_weight": 10.0, "generator_learning_rate": 1e-4, "critic_learning_rate": 1e-4, "adam_beta_1": 0.5,
+    "adam_beta_2": 0.999, "learning_rate_schedule": "constant", "learning_rate_warmup_steps": 0, "crop_candidates": 1,
+    "residual_scale": 1.0,
+}
+"""The reference paper's recipe (WGAN-GP, 100 x l1 VGG19 perceptual, Adam 1e-4 / 0.5 / 0.999), spelt
+out so that tests of it do not depend on what `--model ours` currently sets."""
+
+
+def recipe_flags(settings: dict) -> list[str]:
+    """`settings` as ctdeblur-train flags."""
+    flags = []
+    for name, value in settings.items():
+        flags += [f"--{name}", *(str(v) for v in value)] if isinstance(value, tuple) else [f"--{name}", str(value)]
+    return flags
+
+
+PAPER_FLAGS = recipe_flags(PAPER_RECIPE)
+
+
 def write_dataset(root: str, *, train_pairs: int = 8, test_pairs: int = 2, size=(40, 44), subdatasets: int = 7,
                   shards: int = 2, seed: int = 0, manifest: bool = True) -> str:
     """Writes a dataset directory; returns `root`."""
@@ -75,6 +101,20 @@ def write_dataset(root: str, *, train_pairs: int = 8, test_pairs: int = 2, size=
         with open(os.path.join(root, "manifest.json"), "w") as handle:
             json.dump({"schema_version": SCHEMA_VERSION, "compression": "none", "config": {}, "splits": info}, handle)
     return root
+
+
+def run_main(argv: list[str]) -> tuple[int, str, str]:
+    """`ctdeblur-train ARGV` in this process: (exit code, stdout, stderr); SIGTERM handling restored after."""
+    from model.train import main
+
+    out, err = io.StringIO(), io.StringIO()
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    return code, out.getvalue(), err.getvalue()
 
 
 def run_train(args: list[str], env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:

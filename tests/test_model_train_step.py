@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from test_model_support import PAPER_RECIPE
 
-from model.config import preset_config
+from model.config import config_from_dict, preset_config
 from model.perceptual import VGG19_WEIGHTS_FILE, PerceptualWeightsError, load_vgg19
 from model.train import build_model
 
@@ -23,6 +24,11 @@ def batch():
     return blurry, sharp
 
 
+def paper_tiny():
+    """The tiny networks with the reference paper's recipe (5 critic steps, 100 x perceptual)."""
+    return config_from_dict({**PAPER_RECIPE, "critic_steps": 5}, base=preset_config("tiny"))
+
+
 def weights(model):
     return [w.copy() for w in model.get_weights()]
 
@@ -32,7 +38,7 @@ def changed(before, after):
 
 
 def test_train_step_updates_both_networks_with_five_critic_steps(vgg, batch):
-    gan = build_model(preset_config("tiny"), vgg)
+    gan = build_model(paper_tiny(), vgg)
     generator_before, critic_before = weights(gan.generator), weights(gan.critic)
     features_before = weights(gan.features)
     logs = gan.train_step(batch)
@@ -52,7 +58,7 @@ def test_train_step_updates_both_networks_with_five_critic_steps(vgg, batch):
 
 
 def test_warmup_step_trains_the_generator_alone(vgg, batch):
-    gan = build_model(preset_config("tiny"), vgg)
+    gan = build_model(paper_tiny(), vgg)
     generator_before, critic_before = weights(gan.generator), weights(gan.critic)
     logs = gan.warmup_step(batch)
     assert set(logs) == {"generator/perceptual", "generator/total"}

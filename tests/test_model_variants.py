@@ -1,23 +1,20 @@
 """`ctdeblur-train --model ours|deblurgan|pix2pix`: the recipes' settings, the U-Net, the pix2pix
 and DeblurGAN losses on known tensors, and each model trained, exported and loaded (tiny)."""
 
-import contextlib
 import dataclasses
 import glob
-import io
 import json
 import math
 import os
-import signal
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from tensorflow.core.util import event_pb2
-from test_model_support import write_dataset
+from test_model_support import PAPER_FLAGS, run_main, write_dataset
 
-from model.config import MODELS, config_from_args, preset_config
+from model.config import MODEL_SETTINGS, MODELS, PRESETS, config_from_args, config_from_dict, preset_config
 from model.export import load_exported_generator
 from model.gan import DeblurWGAN, Pix2Pix
 from model.losses import (
@@ -32,7 +29,7 @@ from model.networks import (
     unet_depth,
 )
 from model.perceptual import load_vgg19
-from model.train import build_model, build_parser, main
+from model.train import build_model, build_parser
 
 STEPS = 3
 RUN = ["--preset", "tiny", "--perceptual_weights", "random-init", "--subdatasets", "0", "--max_steps_per_epoch",
@@ -45,18 +42,6 @@ def parse(argv):
 
 def differences(a, b):
     return {f.name for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name)}
-
-
-def run_main(argv):
-    """`main(argv)` in this process: (exit code, stdout, stderr); SIGTERM handling restored after."""
-    out, err = io.StringIO(), io.StringIO()
-    handler = signal.getsignal(signal.SIGTERM)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main(argv)
-    finally:
-        signal.signal(signal.SIGTERM, handler)
-    return code, out.getvalue(), err.getvalue()
 
 
 def scalar_tags(logdir):
@@ -95,14 +80,17 @@ def vgg():
 def test_model_settings_apply_on_top_of_the_preset_only():
     small = preset_config("small")
     assert parse(["--preset", "small", "--model", "ours"]) == parse(["--preset", "small"]) == small
+    preset_only = config_from_dict(PRESETS["small"])
+    for model in MODELS:
+        config = parse(["--preset", "small", "--model", model])
+        changed = {name for name, value in MODEL_SETTINGS[model].items() if getattr(preset_only, name) != value}
+        assert differences(config, preset_only) == changed | ({"model"} if model != preset_only.model else set())
     deblurgan = parse(["--preset", "small", "--model", "deblurgan"])
-    assert differences(deblurgan, small) == {"model", "perceptual_distance", "generator_warmup_steps"}
-    assert (deblurgan.perceptual_distance, deblurgan.generator_warmup_steps, small.generator_warmup_steps) == ("l2", 0, 300)
+    assert (deblurgan.perceptual_distance, deblurgan.generator_warmup_steps) == ("l2", 0)
     pix2pix = parse(["--preset", "small", "--model", "pix2pix"])
-    assert differences(pix2pix, small) == {"model", "generator", "critic_steps", "generator_learning_rate",
-                                           "critic_learning_rate", "generator_warmup_steps"}
     assert (pix2pix.generator, pix2pix.critic_steps, pix2pix.generator_learning_rate) == ("unet", 1, 2e-4)
-    assert (pix2pix.crop_size, pix2pix.batch_per_replica, pix2pix.epochs, pix2pix.max_steps_per_epoch) == (128, 2, 20, 15)
+    assert (pix2pix.crop_size, pix2pix.batch_per_replica, pix2pix.epochs, pix2pix.max_steps_per_epoch) == (
+        small.crop_size, small.batch_per_replica, small.epochs, small.max_steps_per_epoch)
 
 
 def test_precedence_preset_then_model_then_yaml_then_flags(tmp_path):
@@ -115,19 +103,23 @@ def test_precedence_preset_then_model_then_yaml_then_flags(tmp_path):
     assert (flags.model, flags.generator, flags.critic_steps, flags.perceptual_distance) == ("deblurgan", "resnet", 5, "l2")
     assert flags.generator_warmup_steps == 9
     path.write_text("model: cyclegan\n")
-    with pytest.raises(ValueError, match="unknown model 'cyclegan'.*ours, deblurgan, pix2pix"):
+    with pytest.raises(ValueError, match="unknown model 'cyclegan'.*" + ", ".join(MODELS)):
         parse(["--config", str(path)])
 
 
 def test_help_documents_the_models():
     text = " ".join(build_parser().format_help().split())
-    assert "--model {ours,deblurgan,pix2pix}" in text
+    assert f"--model {{{','.join(MODELS)}}}" in text
     assert "deblurgan: perceptual_distance=l2 generator_warmup_steps=0" in text
     assert "pix2pix: generator=unet critic_steps=1" in text
 
 
 def test_unet_depth_reaches_one_pixel_at_the_crop_size():
-    assert [unet_depth(preset_config(p, "pix2pix")) for p in ("paper", "small", "tiny")] == [8, 7, 5]
+    for preset in PRESETS:
+        config = preset_config(preset, "pix2pix")
+        assert unet_depth(config) == min(8, int(math.log2(config.crop_size))), preset
+    assert unet_depth(preset_config("paper", "pix2pix")) == 8  # 256-pixel crops: 1 pixel at depth 8
+    assert unet_depth(dataclasses.replace(preset_config("tiny", "pix2pix"), crop_size=128)) == 7
     assert unet_depth(dataclasses.replace(preset_config("small", "pix2pix"), unet_depth=4)) == 4
 
 
@@ -183,11 +175,14 @@ def test_deblurgan_content_loss_is_l2_of_the_features(vgg):
     restored = tf.zeros((2, 16, 16, 1))
     sharp = tf.concat([tf.fill((2, 8, 16, 1), 0.25), tf.fill((2, 8, 16, 1), -0.5)], axis=1)
     diff = gan.features(vgg_input(restored)) - gan.features(vgg_input(sharp))
-    loss = float(gan.content_loss(restored, sharp))
+    losses = gan.content_losses(restored, sharp)
+    assert set(losses) == {"generator/perceptual"} and gan.content_weights() == {"generator/perceptual": 100.0}
+    loss = float(losses["generator/perceptual"])
     assert loss == pytest.approx(float(tf.reduce_mean(tf.square(diff))), rel=1e-5)
     assert loss != pytest.approx(float(tf.reduce_mean(tf.abs(diff))), rel=1e-2)
-    ours = build_model(preset_config("tiny"), vgg)
-    assert float(ours.content_loss(restored, sharp)) == pytest.approx(float(tf.reduce_mean(tf.abs(diff))), rel=1e-5)
+    paper = build_model(parse(["--preset", "tiny", *PAPER_FLAGS]), vgg)
+    assert float(paper.content_losses(restored, sharp)["generator/perceptual"]) == pytest.approx(
+        float(tf.reduce_mean(tf.abs(diff))), rel=1e-5)
 
 
 def test_pix2pix_content_loss_is_pixel_l1_weighted_100():
@@ -196,8 +191,11 @@ def test_pix2pix_content_loss_is_pixel_l1_weighted_100():
     blurry = tf.zeros((2, 32, 32, 1))
     sharp = tf.concat([tf.fill((2, 16, 32, 1), 0.25), tf.fill((2, 16, 32, 1), -0.5)], axis=1)
     assert float(pixel_l1_loss(blurry, sharp)) == pytest.approx(0.375)
-    assert float(gan.content_loss(blurry, sharp)) == pytest.approx(0.375)
-    logs = gan.generator_losses(blurry, blurry, sharp)
+    assert {tag: float(loss) for tag, loss in gan.content_losses(blurry, sharp).items()} == {
+        "generator/l1": pytest.approx(0.375)}
+    assert gan.content_weights() == {"generator/l1": 100.0}
+    with tf.GradientTape(persistent=True) as tape:
+        logs = gan.generator_losses(blurry, blurry, sharp, tape)
     assert set(logs) == {"generator/adversarial", "generator/l1", "generator/total"}
     assert float(logs["generator/l1"]) == pytest.approx(0.375)
     assert float(logs["generator/total"]) == pytest.approx(float(logs["generator/adversarial"]) + 37.5, rel=1e-6)
@@ -221,7 +219,9 @@ def test_pix2pix_discriminator_sees_the_blurry_input():
     blurry_a = tf.random.uniform((2, 32, 32, 1), -1.0, 1.0, seed=6)
     blurry_b = -blurry_a
     assert float(tf.reduce_max(tf.abs(gan.judge(blurry_a, image) - gan.judge(blurry_b, image)))) > 1e-3
-    adversarial = [float(gan.generator_losses(b, image, image)["generator/adversarial"]) for b in (blurry_a, blurry_b)]
+    with tf.GradientTape(persistent=True) as tape:
+        adversarial = [float(gan.generator_losses(b, image, image, tape)["generator/adversarial"])
+                       for b in (blurry_a, blurry_b)]
     assert adversarial[0] != pytest.approx(adversarial[1], rel=1e-4)
 
 
@@ -252,13 +252,13 @@ OURS_TINY_FIRST_LOSSES = {
     "critic/wasserstein_estimate": -0.03161981329321861,
 }
 """Losses of one warm-up step then one train step of the tiny preset, seed 0, recorded with the
-trainer as it was before `--model` existed."""
+trainer as it was before `--model` existed (the reference paper's recipe)."""
 
 
-def test_ours_first_step_losses_are_those_from_before_the_models():
+def test_paper_recipe_first_step_losses_are_those_from_before_the_models():
     keras.utils.set_random_seed(0)
     vgg = load_vgg19("random-init")[0]
-    gan = build_model(parse(["--preset", "tiny", "--model", "ours"]), vgg)
+    gan = build_model(parse(["--preset", "tiny", "--model", "ours", *PAPER_FLAGS]), vgg)
     assert type(gan) is DeblurWGAN
     sharp = tf.random.stateless_uniform((2, 32, 32, 1), seed=[1, 2], minval=-1, maxval=1)
     blurry = tf.nn.avg_pool2d(sharp, 3, 1, "SAME")
@@ -294,7 +294,7 @@ def test_tensorboard_names_each_models_terms(trained):
     assert not any(tag.startswith("critic/") or "perceptual" in tag for tag in pix2pix)
     deblurgan = scalar_tags(trained["deblurgan"][0])
     assert {"critic/gradient_penalty", "generator/perceptual", "learning_rate/critic"} <= deblurgan
-    assert "perceptual loss: l2 of VGG19" in trained["deblurgan"][2]
+    assert "100 x l2 of VGG19 block2_conv2" in trained["deblurgan"][2]
 
 
 def test_resuming_with_another_model_is_refused(trained):

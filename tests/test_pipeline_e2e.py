@@ -169,7 +169,8 @@ def test_projection_blur_model_end_to_end(tmp_path):
     manifest = run(TINY + ["--source", "phantom", "--blur_model", "projection", "--output", output])
     assert manifest["config"]["blur_model"] == "projection" and manifest["written"]["pairs"] == 24
     pairs = [p for split in manifest["splits"] for p in read_split(output, split)]
-    assert {p.blur_model for p in pairs} == {"projection"} and all(p.schema_version == 2 for p in pairs)
+    assert {p.blur_model for p in pairs} == {"projection"} and all(p.schema_version == 3 for p in pairs)
+    assert all(p.noise["nps_peak_cycles_per_mm"] == pytest.approx(0.3) for p in pairs)  # the noise model's default
     assert all(p.psf.shape == (1, 1) for p in pairs)
     assert {p.projection_kind for p in pairs} <= {"smooth", "breathing", "jerk"}
     moved = [p for p in pairs if p.projection["translation_extent_mm"] > 0.5]

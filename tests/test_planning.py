@@ -83,3 +83,35 @@ def test_plan_is_independent_of_input_order_and_warns_on_shortfall():
     one = build_series(patients=1, per_patient=1)
     plan = make_plan([series_summary(one[0], config.patient_salt)], config)
     assert plan.test_patients == 0 and any("needs >= 2 patients" in w for w in plan.warnings)
+
+
+def test_validation_split_is_patient_disjoint_and_leaves_test_and_train_as_they_were():
+    base = {"seed": 3, "target_pairs": 200, "test_pairs": 30, "subdatasets": 7, "pairs_per_shard": 8}
+    series = build_series()
+    without = config_from_dict(base)
+    plan = make_plan([series_summary(s, without.patient_salt) for s in series], without)
+    assert "validation" not in plan.pairs_per_split and plan.validation_patients == 0
+    config = config_from_dict({**base, "validation_pairs": 40})
+    plan = make_plan([series_summary(s, config.patient_salt) for s in series], config)
+    tasks = [t for s in series for t in pair_tasks(s, plan, config)[0]]
+    per_split = collections.Counter(t.split_dir for t in tasks)
+    assert per_split["test"] == 30 and per_split["validation"] == 40 and sum(per_split.values()) == 200
+    assert plan.pairs_per_split["validation"] == 40 and plan.validation_patients == 1
+    patients = {split: {t.patient_id for t in tasks if t.split == split} for split in ("test", "validation", "train")}
+    assert all(patients.values())
+    assert not (patients["test"] & patients["validation"] or patients["test"] & patients["train"]
+                or patients["validation"] & patients["train"])
+    assert all(t.subdataset == -1 for t in tasks if t.split == "validation")
+    plain = [t for s in series for t in pair_tasks(s, make_plan(
+        [series_summary(s, without.patient_salt) for s in series], without), without)[0]]
+    assert {t.patient_id for t in plain if t.split == "test"} == patients["test"]
+
+
+def test_validation_split_needs_a_patient_of_its_own():
+    config = config_from_dict({"target_pairs": 60, "test_pairs": 20, "validation_pairs": 20})
+    series = build_series(patients=2)
+    plan = make_plan([series_summary(s, config.patient_salt) for s in series], config)
+    assert plan.test_patients == 1 and plan.validation_patients == 0 and plan.train_patients == 1
+    assert any("validation split is empty" in w for w in plan.warnings)
+    with pytest.raises(ValueError, match="validation_pairs"):
+        config_from_dict({"target_pairs": 60, "test_pairs": 40, "validation_pairs": 40})

@@ -18,6 +18,8 @@ import tensorflow as tf
 from tensorflow.core.util import event_pb2
 from test_model_support import (
     NO_NETWORK,
+    PAPER_FLAGS,
+    PAPER_RECIPE,
     REPO,
     TRAIN_BIN,
     run_train,
@@ -25,17 +27,19 @@ from test_model_support import (
     write_dataset,
 )
 
-from model.config import preset_config
+from model.config import config_from_dict, preset_config
 from model.data import hu_to_unit, unit_to_hu
 from model.networks import build_generator
 from model.perceptual import VGG19_WEIGHTS_FILE
 
 RUN = [
-    "--preset", "tiny", "--perceptual_weights", "random-init", "--critic_steps", "2", "--subdatasets", "0", "1", "2",
-    "--epochs", "2", "--max_steps_per_epoch", "2", "--crop_size", "48", "--checkpoint_every", "3",
-    "--validation_every", "4", "--generator_warmup_steps", "2",
+    "--preset", "tiny", *PAPER_FLAGS, "--perceptual_weights", "random-init", "--critic_steps", "2",
+    "--subdatasets", "0", "1", "2", "--epochs", "2", "--max_steps_per_epoch", "2", "--crop_size", "48",
+    "--checkpoint_every", "3", "--validation_every", "4", "--generator_warmup_steps", "2", "--validation_pairs", "2",
+    "--validation_crop", "40",
 ]
 FINAL_STEP = 12
+VALIDATION_STEPS = (4, 8, 12)
 POSITION_NAMES = ("stage", "epoch", "step", "global_step")
 
 
@@ -63,6 +67,17 @@ def checkpoint_values(logdir: str) -> dict:
     return {name: int(reader.get_tensor(f"{name}/.ATTRIBUTES/VARIABLE_VALUE")) for name in POSITION_NAMES}
 
 
+GENERATOR_CONFIG = config_from_dict(PAPER_RECIPE, base=preset_config("tiny"))
+"""Builds the generator that `RUN` trains."""
+
+
+def generator_weights(checkpoint_prefix: str) -> list:
+    """The generator's weights in a checkpoint (the trainer's, or LOGDIR/best_generator's)."""
+    generator = build_generator(GENERATOR_CONFIG)
+    tf.train.Checkpoint(generator=generator).read(checkpoint_prefix).assert_existing_objects_matched()
+    return generator.get_weights()
+
+
 def summaries(logdir: str) -> dict:
     found = {}
     for path in glob.glob(os.path.join(logdir, "events.out.tfevents.*")):
@@ -82,14 +97,27 @@ def test_run_finishes_the_schedule_and_logs_random_init(trained):
 
 def test_tensorboard_has_every_scalar_the_images_and_the_config(trained):
     found = summaries(trained[0])
+    validation = [f"validation/{region}{name}{suffix}" for region in ("", "body/") for name in ("psnr_db", "ssim")
+                  for suffix in ("", "_blurry")]
+    validation += [f"validation/{region}delta_{name}" for region in ("", "body/") for name in ("psnr_db", "ssim")]
     for tag in ("critic/loss", "critic/gradient_penalty", "critic/wasserstein_estimate", "generator/adversarial",
                 "generator/perceptual", "generator/total", "learning_rate/generator", "learning_rate/critic",
-                "validation/psnr_db", "validation/ssim"):
+                *validation):
         assert tag in found, tag
         assert all(value.metadata.plugin_data.plugin_name == "scalars" for value in found[tag])
-    assert found["validation/blurry_restored_sharp"][0].metadata.plugin_data.plugin_name == "images"
-    image = found["validation/blurry_restored_sharp"][0].tensor.string_val
-    assert image[:2] == [b"192", b"64"]  # width 3 x 64 (blurry | restored | sharp), height 64
+    for tag in validation:
+        assert len(found[tag]) == len(VALIDATION_STEPS), tag
+    for region in ("", "body/"):
+        for name in ("psnr_db", "ssim"):
+            restored, blurry, delta = (
+                [tf.make_ndarray(v.tensor) for v in found[f"validation/{region}{tag}"]]
+                for tag in (name, f"{name}_blurry", f"delta_{name}"))
+            np.testing.assert_allclose(delta, np.subtract(restored, blurry), rtol=1e-4, atol=1e-5)
+    for index in (0, 1):
+        images = found[f"validation/blurry_restored_sharp/{index}"]
+        assert len(images) == len(VALIDATION_STEPS) and images[0].metadata.plugin_data.plugin_name == "images"
+        assert images[0].tensor.string_val[:2] == [b"120", b"40"]  # width 3 x 40 (blurry | restored | sharp), height 40
+    assert "validation/blurry_restored_sharp" not in found
     config_text = tf.make_ndarray(found["config"][0].tensor).item().decode()
     assert "random-init" in config_text and "critic_steps | 2" in config_text
     assert len(found["generator/total"]) == FINAL_STEP and len(found["critic/loss"]) == FINAL_STEP - 2
@@ -118,15 +146,30 @@ def test_export_deblurs_any_size_hu_without_package_code(trained, tmp_path):
     assert out["single"].shape == (333, 517) and out["batch"].shape == (2, 333, 517, 1)
     np.testing.assert_allclose(out["batch"][0, ..., 0], out["single"], atol=0.01)
 
-    config = preset_config("tiny")
+    config = GENERATOR_CONFIG
     generator = build_generator(config)
-    tf.train.Checkpoint(generator=generator).restore(tf.train.latest_checkpoint(os.path.join(logdir, "checkpoints"))).expect_partial()
+    generator.set_weights(generator_weights(os.path.join(logdir, "best_generator", "generator")))
     expected = unit_to_hu(generator(hu_to_unit(hu[None, ..., None], config.hu_window), training=False), config.hu_window)
     np.testing.assert_allclose(out["single"], expected.numpy()[0, ..., 0], atol=0.05)
     assert out["single"].min() >= -1024.01 and out["single"].max() <= 3071.01
+
+
+def test_export_is_the_best_validation_step(trained):
+    logdir, export, done = trained
+    deltas = [float(tf.make_ndarray(v.tensor)) for v in summaries(logdir)["validation/delta_psnr_db"]]
+    best_step = VALIDATION_STEPS[int(np.argmax(deltas))]
     with open(os.path.join(export, "ctdeblur_generator.json")) as handle:
         info = json.load(handle)
-    assert info["hu_window"] == [-1024.0, 3071.0] and info["global_step"] == FINAL_STEP
+    assert info["hu_window"] == [-1024.0, 3071.0]
+    assert (info["global_step"], info["final_step"]) == (best_step, FINAL_STEP)
+    assert info["weights"] == ("best" if best_step != FINAL_STEP else "last")
+    assert info["validation_delta_psnr_db"] == pytest.approx(max(deltas), abs=1e-4)
+    latest = tf.train.latest_checkpoint(os.path.join(logdir, "checkpoints"))
+    reader = tf.train.load_checkpoint(latest)
+    assert int(reader.get_tensor("best_validation_step/.ATTRIBUTES/VARIABLE_VALUE")) == best_step
+    best, last = (generator_weights(p) for p in (os.path.join(logdir, "best_generator", "generator"), latest))
+    assert all(np.array_equal(b, w) for b, w in zip(best, last)) == (best_step == FINAL_STEP)
+    assert f"exported generator of step {best_step} " in done.stdout
 
 
 def test_sigkill_then_rerun_ends_exactly_like_the_uninterrupted_run(dataset, trained, tmp_path):
@@ -147,7 +190,9 @@ def test_sigkill_then_rerun_ends_exactly_like_the_uninterrupted_run(dataset, tra
     assert f"(global step {killed_at})" in resumed.stdout
     assert f"({FINAL_STEP - killed_at} steps in this run" in resumed.stdout
     assert checkpoint_values(logdir) == checkpoint_values(trained[0])
-    assert digest(resumed.stdout) == digest(trained[2].stdout)
+    final = [generator_weights(tf.train.latest_checkpoint(os.path.join(d, "checkpoints"))) for d in (logdir, trained[0])]
+    assert len(final[0]) == len(final[1]) > 0
+    assert all(np.array_equal(a, b) for a, b in zip(*final))
 
 
 def test_rerun_with_other_settings_is_refused(dataset, trained):
@@ -200,6 +245,8 @@ def test_multi_worker_processes_end_with_identical_generators(dataset, tmp_path)
     assert digest(outputs[0]) == digest(outputs[1])
     assert checkpoint_values(str(tmp_path / "logs"))["global_step"] == 4
     assert not os.path.exists(tmp_path / "logs" / "checkpoints" / "workertemp_1")
+    assert os.path.exists(tmp_path / "logs" / "best_generator" / "generator.index")
+    assert not os.path.exists(tmp_path / "logs" / "best_generator" / "workertemp_1")
 
 
 def test_sigterm_saves_a_checkpoint_at_the_next_step_and_exits(dataset, tmp_path):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 TEST_DIR = "test"
+VALIDATION_DIR = "validation"
+"""Optional split of validation pairs (patient-disjoint from train and test) for the trainer."""
 MANIFEST_NAME = "manifest.json"
 DEAD_LETTER_NAME = "dead_letter.jsonl"
 """Inputs rejected because something is wrong with them (one JSON object a line)."""
@@ -19,8 +21,8 @@ def train_dir(subdataset: int) -> str:
 
 
 def split_dir(split: str, subdataset: int) -> str:
-    """Directory of a pair's split: `test` or `train-<subdataset>`."""
-    return TEST_DIR if split == "test" else train_dir(subdataset)
+    """Directory of a pair's split: `test`, `validation` or `train-<subdataset>`."""
+    return {"test": TEST_DIR, "validation": VALIDATION_DIR}.get(split) or train_dir(subdataset)
 
 
 def shard_name(index: int, count: int, compression: str = "none") -> str:

@@ -13,14 +13,16 @@ from typing import Mapping
 import numpy as np
 import tensorflow as tf
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Version of the record layout. Bump it when a feature is added, removed or changes meaning.
 
 1: images, PSF, kernel parameters, provenance, split.
 2: adds `blur_model` and the projection-domain motion parameters (`projection/*`). Version 1
    records still decode: their blur model is "kernel" and their projection parameters are 0.
+3: adds the noise forward model's parameters (`noise/*`). Older records decode with all 0 (no
+   noise model: only `noise_sigma_hu`, the optional white noise on the blurry image).
 """
-READABLE_VERSIONS = (1, 2)
+READABLE_VERSIONS = (1, 2, 3)
 
 BLUR_MODELS = ("kernel", "projection", "none")
 """kernel: image-space motion PSF (Boracchi-Foi); projection: rigid motion during the CT scan,
@@ -29,7 +31,7 @@ forward-projected and reconstructed by FBP; none: a registered real pair without
 SOURCE_KINDS = ("synthetic", "registered")
 """`synthetic`: blurry made from sharp by a simulated PSF; `registered`: a real FB/DIBH pair."""
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "test", "validation")
 
 MOTION_PARAM_NAMES = (
     "length_px",
@@ -68,6 +70,18 @@ PROJECTION_PARAM_NAMES = (
 """Projection-domain rigid motion of a pair (`projection/<name>` floats; all 0 for other blur
 models), with `projection_kind` smooth | breathing | jerk | none. Translations in mm, rotations in
 degrees, times as fractions of the scan; see `pipeline.projection.RigidMotion`."""
+
+
+NOISE_PARAM_NAMES = (
+    "input_measured_hu",
+    "sharp_added_hu",
+    "blurry_added_hu",
+    "nps_peak_cycles_per_mm",
+)
+"""The noise of a pair (`noise/<name>` floats, HU; see `pipeline.noise`): the noise measured on
+the input slice, the std of the CT noise added to the sharp and to the blurry image, and the peak
+frequency (cycles/mm) of that noise's power spectrum. All 0 for registered pairs and records
+older than version 3."""
 
 
 class SchemaVersionError(ValueError):
@@ -111,6 +125,7 @@ class Pair:
     blur_model: str = "kernel"
     projection_kind: str = ""
     projection: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    noise: Mapping[str, float] = dataclasses.field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -157,6 +172,7 @@ def _feature_spec() -> dict[str, tf.io.FixedLenFeature]:
     spec.update({f"motion/{name}": tf.io.FixedLenFeature([], tf.float32) for name in MOTION_PARAM_NAMES})
     spec.update({f"projection/{name}": tf.io.FixedLenFeature([], tf.float32, default_value=0.0)
                  for name in PROJECTION_PARAM_NAMES})
+    spec.update({f"noise/{name}": tf.io.FixedLenFeature([], tf.float32, default_value=0.0) for name in NOISE_PARAM_NAMES})
     return spec
 
 
@@ -205,6 +221,9 @@ def encode_pair(pair: Pair) -> bytes:
     unknown = set(pair.projection) - set(PROJECTION_PARAM_NAMES)
     if unknown:
         raise ValueError(f"unknown projection parameters: {sorted(unknown)}")
+    unknown = set(pair.noise) - set(NOISE_PARAM_NAMES)
+    if unknown:
+        raise ValueError(f"unknown noise parameters: {sorted(unknown)}")
     feature = {
         "schema_version": _ints(SCHEMA_VERSION),
         "height": _ints(sharp.shape[0]),
@@ -220,6 +239,7 @@ def encode_pair(pair: Pair) -> bytes:
     feature.update({name: _floats(getattr(pair, name)) for name in _FLOAT_FIELDS})
     feature.update({f"motion/{name}": _floats(pair.motion[name]) for name in MOTION_PARAM_NAMES})
     feature.update({f"projection/{name}": _floats(pair.projection.get(name, 0.0)) for name in PROJECTION_PARAM_NAMES})
+    feature.update({f"noise/{name}": _floats(pair.noise.get(name, 0.0)) for name in NOISE_PARAM_NAMES})
     example = tf.train.Example(features=tf.train.Features(feature=feature))
     return example.SerializeToString(deterministic=True)
 
@@ -285,6 +305,7 @@ def decode_pair(record: bytes) -> Pair:
         motion={name: float(_values(features, f"motion/{name}", "float_list")[0]) for name in MOTION_PARAM_NAMES},
         projection={name: float(_values(features, f"projection/{name}", "float_list", 0.0)[0])
                     for name in PROJECTION_PARAM_NAMES},
+        noise={name: float(_values(features, f"noise/{name}", "float_list", 0.0)[0]) for name in NOISE_PARAM_NAMES},
         schema_version=int(version),
         **{name: _values(features, name, "bytes_list", _V2_STRINGS.get(name))[0].decode("utf-8")
            for name in _STRING_FIELDS},

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import posixpath
 import re
@@ -31,6 +32,7 @@ from pipeline.stats.summary import COLUMNS, Measurements
 from tfrecords_schema import (
     MANIFEST_NAME,
     TEST_DIR,
+    VALIDATION_DIR,
     Pair,
     PairDecodeError,
     SchemaVersionError,
@@ -40,7 +42,7 @@ from tfrecords_schema import (
 )
 
 SHARD_FILE = re.compile(r"pairs-(\d+)-of-(\d+)\.tfrecord(\.gz)?")
-SPLIT_DIRECTORY = re.compile(r"test|train-(\d+)")
+SPLIT_DIRECTORY = re.compile(r"test|validation|train-(\d+)")
 _READ_BUFFER_BYTES = 8 << 20
 _STRING_COLUMNS = ("patient_key", "series_uid", "collection", "source_kind", "split", "blur_model")
 
@@ -78,14 +80,17 @@ class ShardResult:
 
 
 def directory_order(directory: str) -> tuple[int, int]:
-    """Sort key of split directories: test first, then train-0, train-1, ... numerically."""
+    """Sort key of split directories: test first, then validation, then train-0, train-1, ... numerically."""
     if directory == TEST_DIR:
         return (0, 0)
-    return (1, int(directory.split("-", 1)[1]))
+    if directory == VALIDATION_DIR:
+        return (1, 0)
+    return (2, int(directory.split("-", 1)[1]))
 
 
 def find_shards(root: str) -> tuple[list[Shard], list[Problem]]:
-    """All shard files under `root`/{test,train-N}/, ordered, and problems with their numbering.
+    """All shard files under `root`/{test,validation,train-N}/, ordered, and problems with their numbering
+    and with entries of those directories that are no shard files (`stray_file`).
 
     Raises `DatasetError` when `root` is not a directory or holds no shard at all.
     """
@@ -108,6 +113,8 @@ def find_shards(root: str) -> tuple[list[Shard], list[Problem]]:
             if match:
                 index, count = int(match.group(1)), int(match.group(2))
                 in_directory.append(Shard(directory, name, index, count, "gzip" if match.group(3) else "none"))
+            else:
+                found.append(_stray(f"{directory}/{name.rstrip('/')}", "not a shard file of this dataset"))
         shards.extend(in_directory)
         found.extend(_numbering_problems(directory, in_directory))
     if not shards:
@@ -116,6 +123,33 @@ def find_shards(root: str) -> tuple[list[Shard], list[Problem]]:
             "pairs-XXXXX-of-YYYYY.tfrecord[.gz] files (is this the dataset root?)"
         )
     return shards, found
+
+
+def _stray(relative: str, what: str) -> Problem:
+    return Problem(
+        kinds.STRAY_FILE,
+        f"{what}, and manifest.json does not list it: readers that glob the split directory would read it, "
+        "the trainer (which reads by manifest) would not; remove it or re-make the dataset",
+        file=relative,
+    )
+
+
+def stray_shard(relative: str) -> Problem:
+    """The problem of a shard-named file that manifest.json does not list."""
+    return _stray(relative, "a shard file on disk")
+
+
+def file_sha256(root: str, shard: Shard) -> str | None:
+    """SHA-256 (hex) of a shard file's bytes as stored (compressed ones too), as manifest.json
+    states it; None if the file cannot be read (reading its records reports that)."""
+    digest = hashlib.sha256()
+    try:
+        with tf.io.gfile.GFile(posixpath.join(root, shard.relative), "rb") as handle:
+            while chunk := handle.read(_READ_BUFFER_BYTES):
+                digest.update(chunk)
+    except (tf.errors.OpError, OSError):
+        return None
+    return digest.hexdigest()
 
 
 def _numbering_problems(directory: str, shards: list[Shard]) -> list[Problem]:

@@ -12,6 +12,7 @@ from pipeline.stats.problems import Problem
 from pipeline.stats.reader import Shard, ShardResult, directory_order
 from pipeline.stats.summary import Measurements, summarise
 from pipeline.stats.validate import (
+    HELD_OUT_DIRS,
     Leakage,
     check_manifest,
     check_placement,
@@ -19,7 +20,7 @@ from pipeline.stats.validate import (
     find_leakage,
     leakage_problems,
 )
-from tfrecords_schema import SCHEMA_VERSION, TEST_DIR
+from tfrecords_schema import SCHEMA_VERSION
 
 TRAIN_TOTAL = "train"
 ALL_TOTAL = "all"
@@ -53,16 +54,18 @@ def collect(
     results: Sequence[ShardResult],
     manifest: Mapping[str, Any] | None,
     early_problems: Sequence[Problem],
+    digests: Mapping[str, str] | None = None,
 ) -> DatasetStats:
     """Groups shard results by directory and runs every check; `early_problems` are those found
-    before reading (shard numbering, manifest unreadable)."""
+    before reading (shard numbering, stray files, manifest unreadable); `digests` the shards'
+    sha256 (relative path -> hex) to compare with the manifest."""
     directories = sorted({result.shard.directory for result in results}, key=directory_order)
     by_directory = {
         directory: Measurements.concatenate(r.measurements for r in results if r.shard.directory == directory)
         for directory in directories
     }
     totals = {
-        TRAIN_TOTAL: Measurements.concatenate(m for d, m in by_directory.items() if d != TEST_DIR),
+        TRAIN_TOTAL: Measurements.concatenate(m for d, m in by_directory.items() if d not in HELD_OUT_DIRS),
         ALL_TOTAL: Measurements.concatenate(by_directory.values()),
     }
     found = list(early_problems)
@@ -72,7 +75,7 @@ def collect(
         found.extend(check_placement(result))
     found.extend(check_splits_present(directories))
     if manifest is not None:
-        found.extend(check_manifest(manifest, shards, results, by_directory))
+        found.extend(check_manifest(manifest, shards, results, by_directory, digests))
     leakage = find_leakage(by_directory)
     found.extend(leakage_problems(leakage))
     return DatasetStats(root, config, tuple(results), by_directory, totals, leakage, tuple(found))

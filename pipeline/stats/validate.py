@@ -9,15 +9,19 @@ import numpy as np
 
 from pipeline.stats import problems as kinds
 from pipeline.stats.problems import Problem
-from pipeline.stats.reader import Shard, ShardResult
+from pipeline.stats.reader import Shard, ShardResult, stray_shard
 from pipeline.stats.summary import Measurements
-from tfrecords_schema import MANIFEST_NAME, READABLE_VERSIONS, TEST_DIR
+from tfrecords_schema import MANIFEST_NAME, READABLE_VERSIONS, TEST_DIR, VALIDATION_DIR
+
+HELD_OUT_DIRS = (TEST_DIR, VALIDATION_DIR)
+"""Split directories whose patients must appear in no other split directory."""
 
 
 def expected_fields(directory: str) -> tuple[str, int]:
-    """(split, subdataset) that records in `directory` must carry: ("test", -1) or ("train", k)."""
-    if directory == TEST_DIR:
-        return "test", -1
+    """(split, subdataset) that records in `directory` must carry: ("test", -1), ("validation", -1)
+    or ("train", k)."""
+    if directory in HELD_OUT_DIRS:
+        return directory, -1
     return "train", int(directory.split("-", 1)[1])
 
 
@@ -43,52 +47,72 @@ def check_placement(result: ShardResult) -> list[Problem]:
 
 @dataclasses.dataclass(frozen=True)
 class Leakage:
-    """Patients present both in the test directory and in train directories.
+    """Patients of a held-out directory (test, validation) present in another split directory.
 
-    patient_keys: sorted keys in test and in any train-N; by_subdataset: train directory -> how
-    many test patients it holds.
+    patient_keys: sorted keys of test patients found elsewhere; by_subdataset: other directory ->
+    how many test patients it holds; validation_keys: sorted keys of validation patients found in
+    train directories.
     """
 
     patient_keys: tuple[str, ...]
     by_subdataset: Mapping[str, int]
+    validation_keys: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
             "patients_in_test_and_train": len(self.patient_keys),
             "patient_keys": list(self.patient_keys),
             "by_subdataset": dict(self.by_subdataset),
+            "patients_in_validation_and_train": len(self.validation_keys),
+            "validation_patient_keys": list(self.validation_keys),
         }
 
 
+def _patients(measurements: Measurements | None) -> set[str]:
+    return set(measurements.columns["patient_key"]) if measurements is not None else set()
+
+
 def find_leakage(by_directory: Mapping[str, Measurements]) -> Leakage:
-    """Patient keys of the `test` directory that also occur in any `train-N` directory."""
-    test = by_directory.get(TEST_DIR)
-    test_patients = set(test.columns["patient_key"]) if test is not None else set()
+    """Patient keys of the `test` directory that also occur in any other directory, and of the
+    `validation` directory that also occur in a `train-N` directory."""
+    test_patients = _patients(by_directory.get(TEST_DIR))
+    validation_patients = _patients(by_directory.get(VALIDATION_DIR))
     leaked: set[str] = set()
+    leaked_validation: set[str] = set()
     by_subdataset: dict[str, int] = {}
     for directory, measurements in by_directory.items():
         if directory == TEST_DIR:
             continue
-        shared = test_patients & set(measurements.columns["patient_key"])
+        patients = set(measurements.columns["patient_key"])
+        shared = test_patients & patients
         by_subdataset[directory] = len(shared)
         leaked |= shared
-    return Leakage(tuple(sorted(leaked)), by_subdataset)
+        if directory != VALIDATION_DIR:
+            leaked_validation |= validation_patients & patients
+    return Leakage(tuple(sorted(leaked)), by_subdataset, tuple(sorted(leaked_validation)))
 
 
 def leakage_problems(leakage: Leakage) -> list[Problem]:
-    """One problem naming the leaked patient keys, or none."""
-    if not leakage.patient_keys:
-        return []
-    where = ", ".join(f"{name} ({count})" for name, count in leakage.by_subdataset.items() if count)
-    return [
-        Problem(
+    """One problem naming the leaked test patient keys, one for leaked validation keys, or none."""
+    found = []
+    if leakage.patient_keys:
+        where = ", ".join(f"{name} ({count})" for name, count in leakage.by_subdataset.items() if count)
+        found.append(Problem(
             kinds.PATIENT_LEAKAGE,
             f"{len(leakage.patient_keys)} patient(s) in both test and train ({where}): the test split is not "
             "patient-disjoint, so test scores would be optimistic; remove the copied shards or re-make the dataset",
             split=TEST_DIR,
             patient_keys=leakage.patient_keys,
-        )
-    ]
+        ))
+    if leakage.validation_keys:
+        found.append(Problem(
+            kinds.PATIENT_LEAKAGE,
+            f"{len(leakage.validation_keys)} patient(s) in both validation and train: the checkpoint chosen on "
+            "validation would favour what it trained on; remove the copied shards or re-make the dataset",
+            split=VALIDATION_DIR,
+            patient_keys=leakage.validation_keys,
+        ))
+    return found
 
 
 def check_splits_present(directories: Sequence[str]) -> list[Problem]:
@@ -96,7 +120,7 @@ def check_splits_present(directories: Sequence[str]) -> list[Problem]:
     found = []
     if TEST_DIR not in directories:
         found.append(Problem(kinds.SHARD_SET, "no test/ shards: leakage cannot be checked and there is nothing to evaluate on"))
-    if not any(directory != TEST_DIR for directory in directories):
+    if not any(directory not in HELD_OUT_DIRS for directory in directories):
         found.append(Problem(kinds.SHARD_SET, "no train-N/ shards: there is nothing to train on"))
     return found
 
@@ -116,13 +140,17 @@ def check_manifest(
     shards: Sequence[Shard],
     results: Sequence[ShardResult],
     by_directory: Mapping[str, Measurements],
+    digests: Mapping[str, str] | None = None,
 ) -> list[Problem]:
     """Differences between manifest.json and what is on disk.
 
-    Schema version and compression; split directories and shard files listed vs present; pairs
-    per shard, and pairs, patients and series per split; `written.pairs` vs all pairs read.
-    Counts on disk are of records that decoded, so corrupt records also show up here.
+    Schema version and compression; split directories and shard files listed vs present (a
+    present one not listed is a `stray_file`); pairs per shard, and pairs, patients and series
+    per split; `written.pairs` vs all pairs read; each shard's sha256 against `digests` (shard
+    path relative to the dataset -> sha256 hex of its bytes). Counts on disk are of records that
+    decoded, so corrupt records also show up here.
     """
+    digests = digests or {}
     found: list[Problem] = []
     version = manifest.get("schema_version")
     if version not in READABLE_VERSIONS:
@@ -167,19 +195,25 @@ def check_manifest(
         for what, count in on_disk.items():
             if what in stated and stated[what] != count:
                 found.append(_count_problem(what, directory, stated[what], count))
-        listed = {
-            entry.get("file"): entry.get("pairs")
-            for entry in stated.get("shards", [])
-            if isinstance(entry, Mapping)
-        }
+        entries = [entry for entry in stated.get("shards", []) if isinstance(entry, Mapping)]
+        listed = {entry.get("file"): entry.get("pairs") for entry in entries}
+        stated_sha256 = {entry.get("file"): entry.get("sha256") for entry in entries}
         present = {shard.relative for shard in shards if shard.directory == directory}
         for file in sorted(set(listed) - present):
             found.append(Problem(kinds.MANIFEST, "listed in manifest.json but missing on disk", file=str(file)))
         for file in sorted(present - set(listed)):
-            found.append(Problem(kinds.MANIFEST, "on disk but not listed in manifest.json", file=file))
+            found.append(stray_shard(file))
         for file in sorted(present & set(listed)):
             if listed[file] is not None and listed[file] != pairs_by_file[file]:
                 found.append(_count_problem("pairs", directory, listed[file], pairs_by_file[file], file=file))
+            expected, actual = stated_sha256[file], digests.get(file)
+            if expected and actual and expected != actual:
+                found.append(Problem(
+                    kinds.CHECKSUM_MISMATCH,
+                    f"sha256 {actual[:16]}... differs from manifest.json's {str(expected)[:16]}...: the shard was "
+                    "altered or damaged after it was written; copy it again or re-make the dataset",
+                    file=file,
+                ))
     written = manifest.get("written")
     if isinstance(written, Mapping) and "pairs" in written:
         total = sum(pairs_by_file.values())

@@ -1,0 +1,214 @@
+"""The quality run (`make quality`): dataset, `ours` at the `small` preset, evaluation with the baselines.
+
+Usage: .venv/bin/python bench/quality_run.py [--workdir quality_run] [--minutes 60] [--compare MODEL ...]
+           [--perceptual_weights none|imagenet|PATH] [--results RESULTS.md]
+
+On 2 CPU cores, in at most `--minutes` wall-clock minutes for the default run:
+1. A kernel-blur dataset (ctdeblur-make-dataset): `--phantoms` procedural phantom patients (head,
+   thorax, abdomen in turn) plus pydicom's real CT, `--kernels` motion kernels per slice, the noise
+   forward model at its defaults, a patient-disjoint test split and a validation split (the
+   trainer's checkpoint choice), disjoint from both.
+2. A projection-blur dataset of the same patients and seed (its test split holds the same
+   patients): the CT-physics motion the model was not trained on. Only its test split is used,
+   so its train splits are kept to a minimum.
+3. A real-CT dataset: pydicom's three CT slices (three scanners and patients), 8 kernels each;
+   its test split is real CT that the quality model never trained on when the kernel dataset put
+   those patients in its test split (the summary says where they went).
+4. `ctdeblur-train --model ours --preset small`, stopped by `--time_budget_minutes` at what is left
+   of the budget after the evaluation's share; the export is the best validation step's.
+5. `ctdeblur-evaluate` of the export with the blurry input and the Wiener / Richardson-Lucy oracles
+   on the three test splits: evaluation-kernel.json (the existing format), evaluation-projection.json
+   and evaluation-realct.json, with Markdown reports, per-image CSVs and figures beside them.
+`--compare paper deblurgan pix2pix` then trains each listed model at the same wall-clock budget
+as `ours` took (one after another, each alone on the machine) and evaluates all models together.
+`--results FILE` writes the Markdown summary (tables with patient-clustered bootstrap CIs, the
+commands, the timings) to FILE, e.g. RESULTS.md.
+
+The perceptual term needs ImageNet VGG19 weights (`--perceptual_weights imagenet` or a file); this
+machine cannot download them, so the default is `none` (no perceptual term). `paper` and
+`deblurgan` are defined by their perceptual loss: without ImageNet weights they are not run (their
+rows say why), since random-init features are never used for a reported figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+PERCEPTUAL_MODELS = ("paper", "deblurgan")
+
+
+def command(name: str) -> str:
+    return os.path.join(os.path.dirname(sys.executable), name)
+
+
+def shown(argv: list[str]) -> str:
+    return " ".join(os.path.relpath(a) if a.startswith("/") else a for a in argv)
+
+
+class Run:
+    """The steps of one quality run, with their commands and wall-clock times."""
+
+    def __init__(self, workdir: str):
+        self.workdir = workdir
+        self.started = time.monotonic()
+        self.steps: list[tuple[str, list[str], float]] = []
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.workdir, *parts)
+
+    def elapsed_minutes(self) -> float:
+        return (time.monotonic() - self.started) / 60.0
+
+    def run(self, label: str, argv: list[str]) -> float:
+        """Runs `argv` (its output to WORKDIR/logs/<label>.log); returns its wall-clock minutes."""
+        os.makedirs(self.path("logs"), exist_ok=True)
+        log = self.path("logs", f"{label}.log")
+        print(f"[{self.elapsed_minutes():5.1f} min] {label}: {shown(argv)}  (log: {log})", flush=True)
+        began = time.monotonic()
+        with open(log, "w", encoding="utf-8") as handle:
+            done = subprocess.run(argv, stdout=handle, stderr=subprocess.STDOUT)
+        minutes = (time.monotonic() - began) / 60.0
+        if done.returncode != 0:
+            raise SystemExit(f"quality run: {label} failed (exit {done.returncode}); see {log}")
+        self.steps.append((label, argv, minutes))
+        return minutes
+
+
+BEAM_LOCAL = ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]
+TEST_SETS = ("kernel", "projection", "realct")
+REALCT_KERNELS = 8
+
+
+def dataset_argv(args: argparse.Namespace, output: str, test_set: str) -> list[str]:
+    """The dataset command of one test set: kernel (also the training data), projection, realct."""
+    if test_set == "realct":
+        return [command("ctdeblur-make-dataset"), "--preset", "demo", "--source", "pydicom-samples",
+                "--seed", str(args.seed), "--kernels_per_slice", str(REALCT_KERNELS),
+                "--target_pairs", str(3 * REALCT_KERNELS), "--test_pairs", str(2 * REALCT_KERNELS),
+                "--subdatasets", "1", "--output", output, "--overwrite", *BEAM_LOCAL]
+    kernel = test_set == "kernel"
+    pairs = args.pairs if kernel else args.test_pairs + 7 * args.kernels
+    return [
+        command("ctdeblur-make-dataset"), "--preset", "demo", "--source", "phantom", "--source", "pydicom-samples",
+        "--blur_model", test_set, "--seed", str(args.seed), "--phantom_patients", str(args.phantoms),
+        "--phantom_slices", str(args.slices), "--kernels_per_slice", str(args.kernels),
+        "--target_pairs", str(pairs), "--test_pairs", str(args.test_pairs),
+        "--validation_pairs", str(args.validation_pairs if kernel else 0),
+        "--output", output, "--overwrite", *BEAM_LOCAL,
+    ]
+
+
+def train_argv(args: argparse.Namespace, run: Run, model: str, minutes: float) -> list[str]:
+    argv = [command("ctdeblur-train"), "--data", run.path("data-kernel"), "--logdir", run.path(f"logs-{model}"),
+            "--preset", "small", "--model", model, "--export", run.path(f"model-{model}"),
+            "--time_budget_minutes", f"{minutes:.2f}"]
+    if model != "pix2pix":
+        argv += ["--perceptual_weights", args.perceptual_weights]
+    return argv
+
+
+def evaluate_argv(run: Run, models: list[str], test_set: str) -> list[str]:
+    argv = [command("ctdeblur-evaluate")]
+    for model in models:
+        argv += ["--model", run.path(f"model-{model}")]
+    name = f"evaluation-{test_set}" + ("-all" if len(models) > 1 else "")
+    return argv + ["--data", run.path(f"data-{test_set}", "test"), "--validation", run.path("data-kernel", "train-0"),
+                   "--json", run.path(f"{name}.json"), "--report", run.path(name)]
+
+
+def real_ct_in_training(run: Run) -> list[str]:
+    """Split directories of the kernel dataset that hold pydicom's real CT other than test/."""
+    from tfrecords_schema import decode_pair, read_records
+
+    splits = set()
+    for split in sorted(os.listdir(run.path("data-kernel"))):
+        if not split.startswith("train-"):
+            continue
+        for name in sorted(os.listdir(run.path("data-kernel", split))):
+            with open(run.path("data-kernel", split, name), "rb") as handle:
+                if any(decode_pair(record).collection != "phantom" for record in read_records(handle)):
+                    splits.add(split)
+    return sorted(splits)
+
+
+def export_info(run: Run, model: str) -> dict:
+    with open(run.path(f"model-{model}", "ctdeblur_generator.json"), encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", default="quality_run")
+    parser.add_argument("--minutes", type=float, default=60.0, help="wall-clock budget of the default run")
+    parser.add_argument("--phantoms", type=int, default=30, help="phantom patients (>= 20)")
+    parser.add_argument("--slices", type=int, default=16, help="slices per phantom series")
+    parser.add_argument("--kernels", type=int, default=2, help="motion kernels (pairs) per slice")
+    parser.add_argument("--pairs", type=int, default=966, help="pairs of the kernel dataset, test and validation included")
+    parser.add_argument("--test_pairs", type=int, default=128)
+    parser.add_argument("--validation_pairs", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--evaluation_minutes", type=float, default=12.0,
+                        help="minutes of the budget kept for the three evaluations (the rest after the datasets trains)")
+    parser.add_argument("--perceptual_weights", default="none")
+    parser.add_argument("--compare", nargs="*", default=[], choices=("paper", "deblurgan", "pix2pix"))
+    parser.add_argument("--results", help="write the Markdown summary here (e.g. RESULTS.md)")
+    args = parser.parse_args()
+    if args.phantoms < 20:
+        parser.error("--phantoms must be >= 20")
+    run = Run(args.workdir)
+    os.makedirs(args.workdir, exist_ok=True)
+
+    for test_set in TEST_SETS:
+        run.run(f"dataset-{test_set}", dataset_argv(args, run.path(f"data-{test_set}"), test_set))
+    training_minutes = args.minutes - args.evaluation_minutes - run.elapsed_minutes()
+    if training_minutes < 5:
+        raise SystemExit(f"quality run: the datasets took {run.elapsed_minutes():.1f} min, leaving "
+                         f"{training_minutes:.1f} min to train; raise --minutes")
+    ours_minutes = run.run("train-ours", train_argv(args, run, "ours", training_minutes))
+    for test_set in TEST_SETS:
+        run.run(f"evaluate-{test_set}", evaluate_argv(run, ["ours"], test_set))
+    default_minutes = run.elapsed_minutes()
+
+    skipped = {}
+    compared = ["ours"]
+    for model in args.compare:
+        if model in PERCEPTUAL_MODELS and args.perceptual_weights in ("none", "random-init"):
+            skipped[model] = (f"not run: its recipe is defined by the VGG19 perceptual loss, which needs ImageNet "
+                              f"weights (--perceptual_weights imagenet or a file); random-init features are never "
+                              f"used for a reported figure")
+            continue
+        run.run(f"train-{model}", train_argv(args, run, model, ours_minutes))
+        compared.append(model)
+    if len(compared) > 1:
+        for test_set in TEST_SETS:
+            run.run(f"evaluate-{test_set}-all", evaluate_argv(run, compared, test_set))
+
+    summary = {
+        "default_run_minutes": default_minutes,
+        "total_minutes": run.elapsed_minutes(),
+        "steps": [{"label": label, "command": shown(argv), "minutes": minutes} for label, argv, minutes in run.steps],
+        "models": {model: export_info(run, model) for model in compared},
+        "skipped": skipped,
+        "perceptual_weights": args.perceptual_weights,
+        "real_ct_in_training": real_ct_in_training(run),
+    }
+    with open(run.path("quality_run.json"), "w", encoding="utf-8") as handle:
+        json.dump(summary, handle, indent=2)
+    print(f"quality run: default run {default_minutes:.1f} min (budget {args.minutes:g}), total "
+          f"{run.elapsed_minutes():.1f} min; evaluations: "
+          + ", ".join(run.path(f"evaluation-{test_set}.json") for test_set in TEST_SETS)
+          + f"; summary: {run.path('quality_run.json')}")
+    if args.results:
+        from quality_report import write_results
+
+        write_results(args.results, run.workdir, summary)
+        print(f"quality run: wrote {args.results}")
+
+
+if __name__ == "__main__":
+    main()
