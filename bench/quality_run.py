@@ -90,7 +90,7 @@ def dataset_argv(args: argparse.Namespace, output: str, test_set: str) -> list[s
         return [command("ctdeblur-make-dataset"), "--preset", "demo", "--source", "pydicom-samples",
                 "--seed", str(args.seed), "--kernels_per_slice", str(REALCT_KERNELS),
                 "--target_pairs", str(3 * REALCT_KERNELS), "--test_pairs", str(2 * REALCT_KERNELS),
-                "--subdatasets", "1", "--output", output, "--overwrite", *BEAM_LOCAL]
+                "--validation_pairs", "0", "--subdatasets", "1", "--output", output, "--overwrite", *BEAM_LOCAL]
     kernel = test_set == "kernel"
     pairs = args.pairs if kernel else args.test_pairs + 7 * args.kernels
     return [

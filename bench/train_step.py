@@ -1,9 +1,10 @@
 """Benchmark: train-step time of the WGAN-GP model on this CPU, eager vs compiled, per preset.
 
-    .venv/bin/python bench/train_step.py [--steps 3] [--presets paper small tiny] [--no-xla]
+    .venv/bin/python bench/train_step.py [--steps 3] [--presets paper small tiny] [--models ours paper] [--no-xla]
 
-Each preset's model is built as the trainer builds it (VGG19 random-init: the weights do not
-change the cost) and fed random batches of its own crop size and per-replica batch. For `paper`
+Each preset's model (each of `--models`: the recipe changes the step) is built as the trainer
+builds it (VGG19 random-init: the weights do not change the cost) and fed random batches of its
+own crop size and per-replica batch; the step timed is the adversarial train step. For `paper`
 (batch 2 at 256x256) the same step runs eagerly, as a tf.function (graph) and as a tf.function
 compiled with XLA; the table gives seconds per step after one warm-up call, the warm-up (trace /
 compile) time and the ratios to the compiled graph, all measured in one run.
@@ -57,33 +58,35 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per measurement (after one warm-up)")
     parser.add_argument("--presets", nargs="+", default=["paper", "small", "tiny"])
+    parser.add_argument("--models", nargs="+", default=["ours", "paper"])
     parser.add_argument("--xla", action=argparse.BooleanOptionalAction, default=True, help="also time XLA for paper")
     args = parser.parse_args()
     vgg, _ = load_vgg19("random-init")
     strategy = tf.distribute.get_strategy()
     rows, gflop = [], {}
     for preset in args.presets:
-        config = preset_config(preset)
-        batch = random_batch(config)
-        steps = args.steps if preset == "paper" else args.steps * 10
-        for mode in modes_for(preset, args.xla):
-            gan = build_model(config, vgg)
-            if mode == "eager":
-                step = gan.train_step
-            else:
-                step = distributed_step(strategy, gan.train_step, jit_compile=mode == "xla")
-            warmup, seconds = time_steps(step, batch, steps)
-            rows.append((preset, mode, config, warmup, seconds))
-            print(f"{preset} {mode}: warm-up {warmup:.1f} s, {seconds:.3f} s/step", flush=True)
-        gflop[preset] = step_gflop(gan, batch)
-    graph_seconds = {preset: seconds for preset, mode, _, _, seconds in rows if mode == "graph"}
+        for model in args.models:
+            config = preset_config(preset, model)
+            batch = random_batch(config)
+            steps = args.steps if preset == "paper" else args.steps * 10
+            for mode in modes_for(preset, args.xla):
+                gan = build_model(config, vgg)
+                if mode == "eager":
+                    step = gan.train_step
+                else:
+                    step = distributed_step(strategy, gan.train_step, jit_compile=mode == "xla")
+                warmup, seconds = time_steps(step, batch, steps)
+                rows.append((preset, model, mode, config, warmup, seconds))
+                print(f"{preset} {model} {mode}: warm-up {warmup:.1f} s, {seconds:.3f} s/step", flush=True)
+            gflop[preset, model] = step_gflop(gan, batch)
+    graph_seconds = {(preset, model): seconds for preset, model, mode, _, _, seconds in rows if mode == "graph"}
     print(f"\ncores: {os.cpu_count()}; {args.steps} timed steps for paper, {args.steps * 10} for the others")
-    print("| preset | batch x crop | GFLOP/step | mode | warm-up (s) | s/step | steps/s | pairs/s | GFLOP/s | s/step / graph |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for preset, mode, config, warmup, seconds in rows:
-        print(f"| {preset} | {config.batch_per_replica} x {config.crop_size}^2 | {gflop[preset]:.0f} | {mode} | {warmup:.1f} | "
-              f"{seconds:.3f} | {1 / seconds:.2f} | {config.batch_per_replica / seconds:.2f} | "
-              f"{gflop[preset] / seconds:.0f} | {seconds / graph_seconds[preset]:.2f} |")
+    print("| preset | model | batch x crop | GFLOP/step | mode | warm-up (s) | s/step | steps/s | pairs/s | GFLOP/s | s/step / graph |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for preset, model, mode, config, warmup, seconds in rows:
+        print(f"| {preset} | {model} | {config.batch_per_replica} x {config.crop_size}^2 | {gflop[preset, model]:.0f} | "
+              f"{mode} | {warmup:.1f} | {seconds:.3f} | {1 / seconds:.2f} | {config.batch_per_replica / seconds:.2f} | "
+              f"{gflop[preset, model] / seconds:.0f} | {seconds / graph_seconds[preset, model]:.2f} |")
 
 
 if __name__ == "__main__":

@@ -285,7 +285,7 @@ MODEL_SETTINGS: Mapping[str, Mapping[str, Any]] = {
         "residual_output": "linear",
         "residual_scale": 0.1,
         "generator_dropout": 0.0,
-        "critic_norm": "layer",
+        "critic_norm": "none",
         "critic_steps": 1,
         "pixel_weight": 1.0,
         "adversarial_gradient_share": 0.05,

@@ -159,6 +159,7 @@ PRESETS: Mapping[str, Mapping[str, Any]] = {
     "demo": {
         "target_pairs": 240,
         "test_pairs": 40,
+        "validation_pairs": 24,
         "pairs_per_shard": 32,
         "phantom": {"patients": 6, "slices": 48},
     },

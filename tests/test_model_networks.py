@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 from test_model_support import PAPER_RECIPE
 
-from model.config import config_from_dict, preset_config
+from model.config import PRESETS, config_from_dict
 from model.networks import (
     build_critic,
     build_generator,
@@ -33,7 +33,7 @@ def expected_generator_params(f: int = 64, blocks: int = 9) -> int:
 
 def paper_config():
     """The paper preset with the reference paper's networks (instance norm, tanh residual, batch-norm critic)."""
-    return config_from_dict(PAPER_RECIPE, base=preset_config("paper"))
+    return config_from_dict({**PRESETS["paper"], **PAPER_RECIPE})
 
 
 @pytest.fixture(scope="module")

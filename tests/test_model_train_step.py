@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 from test_model_support import PAPER_RECIPE
 
-from model.config import config_from_dict, preset_config
+from model.config import PRESETS, config_from_dict
 from model.perceptual import VGG19_WEIGHTS_FILE, PerceptualWeightsError, load_vgg19
 from model.train import build_model
 
@@ -26,7 +26,7 @@ def batch():
 
 def paper_tiny():
     """The tiny networks with the reference paper's recipe (5 critic steps, 100 x perceptual)."""
-    return config_from_dict({**PAPER_RECIPE, "critic_steps": 5}, base=preset_config("tiny"))
+    return config_from_dict({**PRESETS["tiny"], **PAPER_RECIPE})
 
 
 def weights(model):

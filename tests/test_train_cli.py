@@ -27,7 +27,7 @@ from test_model_support import (
     write_dataset,
 )
 
-from model.config import config_from_dict, preset_config
+from model.config import PRESETS, config_from_dict
 from model.data import hu_to_unit, unit_to_hu
 from model.networks import build_generator
 from model.perceptual import VGG19_WEIGHTS_FILE
@@ -67,7 +67,7 @@ def checkpoint_values(logdir: str) -> dict:
     return {name: int(reader.get_tensor(f"{name}/.ATTRIBUTES/VARIABLE_VALUE")) for name in POSITION_NAMES}
 
 
-GENERATOR_CONFIG = config_from_dict(PAPER_RECIPE, base=preset_config("tiny"))
+GENERATOR_CONFIG = config_from_dict({**PRESETS["tiny"], **PAPER_RECIPE})
 """Builds the generator that `RUN` trains."""
 
 

@@ -19,7 +19,7 @@ import tensorflow as tf
 from tensorflow.core.util import event_pb2
 from test_model_support import phantom_pair, run_main, write_dataset
 
-from model.config import TrainConfig, config_from_dict, preset_config
+from model.config import PRESETS, TrainConfig, config_from_dict
 from model.data import (
     InputShard,
     crop_pair,
@@ -52,15 +52,15 @@ PIXEL_ONLY = {
     "perceptual_weights": "none", "pixel_weight": 1.0, "charbonnier_epsilon_hu": 1.0, "adversarial_weight": 0.0,
     "adversarial_gradient_share": 0.0, "perceptual_gradient_share": 0.0, "generator_warmup_steps": 0,
     "generator_learning_rate": 1e-4, "learning_rate_schedule": "constant", "learning_rate_warmup_steps": 0,
-    "crop_candidates": 1, "critic_norm": "batch",
+    "adam_beta_1": 0.5, "adam_beta_2": 0.999, "crop_candidates": 1, "critic_norm": "batch",
 }
 """A generator-only recipe (no VGG19, no critic), spelt out: what these tests train, whatever the
 `ours` recipe sets."""
 
 
 def tiny(**settings) -> TrainConfig:
-    """The tiny preset with the pixel-only recipe and `settings` on top."""
-    return config_from_dict({**PIXEL_ONLY, **settings}, base=preset_config("tiny"))
+    """The tiny preset's sizes with the pixel-only recipe and `settings` on top."""
+    return config_from_dict({**PRESETS["tiny"], **PIXEL_ONLY, **settings})
 
 
 def weights(model):

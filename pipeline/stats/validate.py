@@ -94,25 +94,18 @@ def find_leakage(by_directory: Mapping[str, Measurements]) -> Leakage:
 
 def leakage_problems(leakage: Leakage) -> list[Problem]:
     """One problem naming the leaked test patient keys, one for leaked validation keys, or none."""
-    found = []
-    if leakage.patient_keys:
-        where = ", ".join(f"{name} ({count})" for name, count in leakage.by_subdataset.items() if count)
-        found.append(Problem(
-            kinds.PATIENT_LEAKAGE,
-            f"{len(leakage.patient_keys)} patient(s) in both test and train ({where}): the test split is not "
-            "patient-disjoint, so test scores would be optimistic; remove the copied shards or re-make the dataset",
-            split=TEST_DIR,
-            patient_keys=leakage.patient_keys,
-        ))
-    if leakage.validation_keys:
-        found.append(Problem(
-            kinds.PATIENT_LEAKAGE,
-            f"{len(leakage.validation_keys)} patient(s) in both validation and train: the checkpoint chosen on "
-            "validation would favour what it trained on; remove the copied shards or re-make the dataset",
-            split=VALIDATION_DIR,
-            patient_keys=leakage.validation_keys,
-        ))
-    return found
+    where = ", ".join(f"{name} ({count})" for name, count in leakage.by_subdataset.items() if count)
+    cases = (
+        (TEST_DIR, leakage.patient_keys,
+         f"in both test and train ({where}): the test split is not patient-disjoint, so test scores would be optimistic"),
+        (VALIDATION_DIR, leakage.validation_keys,
+         "in both validation and train: the checkpoint chosen on validation would favour what it trained on"),
+    )
+    return [
+        Problem(kinds.PATIENT_LEAKAGE, f"{len(keys)} patient(s) {what}; remove the copied shards or re-make the dataset",
+                split=split, patient_keys=keys)
+        for split, keys, what in cases if keys
+    ]
 
 
 def check_splits_present(directories: Sequence[str]) -> list[Problem]:
