@@ -142,8 +142,8 @@ class DeblurWGAN(ConditionalGAN):
     perceptual_window: the network-range window shown to VGG. pixel_weight: weight of the
     Charbonnier pixel term (epsilon in network units). adversarial_weight: weight of the
     adversarial term (0 and no share: no critic at all). adversarial_share / perceptual_share: if
-    > 0, those terms' weights are set each step to this fraction of the pixel term's gradient
-    norm on the generator's last layer over their own. seed: seed of the penalty's interpolation
+    > 0, those terms' weights are set each step to this fraction of the weighted pixel term's
+    gradient norm on the generator's last layer over their own. seed: seed of the penalty's interpolation
     weights.
     """
 
@@ -239,7 +239,7 @@ class DeblurWGAN(ConditionalGAN):
         logs["generator/adversarial"] = generator_adversarial_loss(self.critic(restored, training=True))
         weights = {tag: tf.constant(weight, tf.float32) for tag, weight in self.content_weights().items()}
         weights["generator/adversarial"] = tf.constant(self.adversarial_weight, tf.float32)
-        pixel = logs.get("generator/pixel")
+        pixel = self.pixel_weight * logs["generator/pixel"] if self.pixel_weight else None
         if self.adversarial_share:
             weights["generator/adversarial"] = self._gradient_share(
                 tape, pixel, logs["generator/adversarial"], self.adversarial_share)

@@ -101,7 +101,8 @@ def network_window(window_hu: tuple[float, float], hu_window: tuple[float, float
 def build_model(config: TrainConfig, vgg: keras.Model | None, total_steps: int = 1) -> ConditionalGAN:
     """The `config.model`'s GAN (generator, critic and losses from `config`), compiled with both
     optimizers. `vgg`: VGG19 for the perceptual loss (None when there is none: pix2pix, or
-    perceptual_weights none). `total_steps`: generator steps of the schedule (the learning rate's).
+    perceptual_weights none). `total_steps`: generator steps of the schedule (the learning rate's;
+    the critic's schedule spans the steps after the generator-only warm-up).
 
     Call inside `strategy.scope()` so the variables are distributed.
     """
@@ -130,9 +131,10 @@ def build_model(config: TrainConfig, vgg: keras.Model | None, total_steps: int =
             critic_steps=config.critic_steps,
             l1_weight=config.l1_weight,
         )
+    adversarial_steps = max(total_steps - config.generator_warmup_steps, 1)
     gan.compile(
         make_optimizer(config.generator_learning_rate, config, total_steps),
-        make_optimizer(config.critic_learning_rate, config, total_steps, config.critic_steps),
+        make_optimizer(config.critic_learning_rate, config, adversarial_steps, config.critic_steps),
     )
     return gan
 
@@ -538,7 +540,7 @@ def print_start(training: Training) -> None:
 
 
 def print_end(training: Training, position: schedule.Position, steps_run: int, seconds: float,
-              export_dir: str | None, exported_step: int | None) -> None:
+              export_dir: str | None, exported_step: int | None, trained_digest: str) -> None:
     config = training.config
     if training.stop_signal is not None:
         training.say(f"stopped by signal {training.stop_signal} at global step {training.global_step} "
@@ -566,7 +568,9 @@ def print_end(training: Training, position: schedule.Position, steps_run: int, s
     if exported_step is not None:
         training.say(f"  exported generator of step {exported_step} ({config.export_weights}): {export_dir} "
                      f"(signature serving_default / {SIGNATURE_NAME}: float32 HU [H, W] or [B, H, W, 1] -> HU)")
-    training.say(f"  generator weights sha256: {weights_digest(training.gan.generator)}")
+    training.say(f"  generator weights sha256: {trained_digest} (step {training.global_step})")
+    if exported_step is not None and exported_step != training.global_step:
+        training.say(f"  exported generator weights sha256: {weights_digest(training.gan.generator)} (step {exported_step})")
 
 
 def run(config: TrainConfig, data_dir: str, logdir: str, export_dir: str | None) -> int:
@@ -580,6 +584,7 @@ def run(config: TrainConfig, data_dir: str, logdir: str, export_dir: str | None)
     position = training.run(position)
     seconds = time.perf_counter() - started
     exported_step = None
+    trained_digest = weights_digest(training.gan.generator)
     if export_dir and training.chief and training.stop_signal is None:
         exported_step = training.global_step
         if config.export_weights == "best" and training.best_step >= 0:
@@ -594,7 +599,7 @@ def run(config: TrainConfig, data_dir: str, logdir: str, export_dir: str | None)
             "perceptual_weights": training.weights_source.description,
             "data": data_dir,
         })
-    print_end(training, position, training.global_step - start_step, seconds, export_dir, exported_step)
+    print_end(training, position, training.global_step - start_step, seconds, export_dir, exported_step, trained_digest)
     return EXIT_SIGTERM if training.stop_signal is not None else 0
 
 

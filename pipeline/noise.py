@@ -18,7 +18,8 @@ which is 0 at f = 0, peaks at `nps_peak_cycles_per_mm` (0.2-0.4 cycles/mm for so
 kernels) and rolls off above; the noise is Gaussian with standard deviation `ct_hu` (HU).
 
 Noise is measured (`highpass_noise_hu`) as the robust standard deviation of a second-difference
-high-pass (Immerkær 1996) over flat soft-tissue pixels, where image structure contributes little.
+high-pass (Immerkær 1996) over the flattest soft-tissue pixels, where image structure contributes
+little.
 All functions are pure (numpy/scipy); randomness comes from the caller's generator.
 """
 
@@ -39,6 +40,9 @@ MIN_MEASURED_PIXELS = 500
 """Fewer usable pixels than this and the noise is measured over the whole image."""
 MAD_TO_STD = 1.4826
 """Median absolute deviation -> standard deviation of a Gaussian."""
+FLATTEST_FRACTION = 0.25
+STRUCTURE_SIGMA_PX = 2.0
+"""The noise is measured on the quarter of the tissue pixels with the least structure at this scale."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,19 +121,25 @@ def highpass_gain(shape: tuple[int, int], spacing_mm: tuple[float, float], peak_
 
 
 def highpass_noise_hu(hu: np.ndarray, mask_hu: np.ndarray | None = None) -> float:
-    """Noise of an image [H, W] (HU): robust std of its high-pass over flat soft tissue.
+    """Noise of an image [H, W] (HU): robust std of its high-pass over the flattest soft tissue.
 
     The high-pass is normalised so that white noise of std s measures s. Pixels count when their
-    3x3 neighbourhood in `mask_hu` (default: the image itself) lies within `TISSUE_HU`; with fewer
-    than `MIN_MEASURED_PIXELS` of them, every pixel counts.
+    3x3 neighbourhood in `mask_hu` (default: the image itself) lies within `TISSUE_HU` (with fewer
+    than `MIN_MEASURED_PIXELS` of them, every pixel), and of those only the `FLATTEST_FRACTION`
+    with the least structure (gradient magnitude of `mask_hu` smoothed by a Gaussian of
+    `STRUCTURE_SIGMA_PX`): fine anatomy is not noise. Below ~256 pixels across a body, anatomy
+    is fine everywhere and a noise-free image may measure a few HU.
     """
     image = hu.astype(np.float32)
     residual = ndimage.convolve(image, HIGHPASS, mode="reflect") / np.linalg.norm(HIGHPASS)
     reference = image if mask_hu is None else mask_hu.astype(np.float32)
     inside = (reference > TISSUE_HU[0]) & (reference < TISSUE_HU[1])
     flat = ndimage.binary_erosion(inside, np.ones((3, 3), bool))
-    values = residual[flat] if np.count_nonzero(flat) >= MIN_MEASURED_PIXELS else residual.ravel()
-    return float(MAD_TO_STD * np.median(np.abs(values)))
+    if np.count_nonzero(flat) < MIN_MEASURED_PIXELS:
+        flat = np.ones_like(flat)
+    structure = ndimage.gaussian_gradient_magnitude(reference, STRUCTURE_SIGMA_PX)
+    flattest = flat & (structure <= np.quantile(structure[flat], FLATTEST_FRACTION))
+    return float(MAD_TO_STD * np.median(np.abs(residual[flattest])))
 
 
 def add_pair_noise(sharp_hu: np.ndarray, blurry_hu: np.ndarray, spacing_mm: tuple[float, float],

@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 import tensorflow as tf
+from test_schema import make_pair as schema_pair
 
 import tfrecords_schema as schema
 from pipeline.config import PipelineConfig, add_config_flags, config_from_args, config_from_dict
@@ -15,7 +16,6 @@ from pipeline.kernels import MotionParams, blur_hu, motion_psf, motion_trajector
 from pipeline.noise import NoiseConfig, add_pair_noise, ct_noise, highpass_gain, highpass_noise_hu
 from pipeline.pairs import make_pair
 from pipeline.planning import PairTask
-from test_schema import make_pair as schema_pair
 
 SPACING = (0.7, 0.7)
 SHAPE = (256, 256)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import glob
 import os
 import shutil
 import subprocess
@@ -310,7 +311,8 @@ def test_every_json_number_equals_direct_computation(dataset, tmp_path, capsys):
 
     assert code == 0, out
     assert report["ok"] is True and report["errors"] == []
-    assert report["leakage"] == {"patients_in_test_and_train": 0, "patient_keys": [], "by_subdataset": {"train-0": 0, "train-1": 0}}
+    assert report["leakage"] == {"patients_in_test_and_train": 0, "patient_keys": [], "by_subdataset": {"train-0": 0, "train-1": 0},
+                                 "patients_in_validation_and_train": 0, "validation_patient_keys": []}
     assert report["protocol"]["window_hu"] == list(WINDOW) and report["protocol"]["data_range"] == 2000
     splits, shards, totals = expected_report(dataset)
     assert list(report["splits"]) == ["test", "train-0", "train-1"]
@@ -348,6 +350,24 @@ def test_gzip_shards_give_the_same_numbers(dataset, tmp_path):
         for shard_gz, shard in zip(report["splits"][directory]["shards"], plain["splits"][directory]["shards"]):
             assert shard_gz["file"] == shard["file"] + ".gz"
     assert report["totals"] == plain["totals"]
+
+
+def test_train_shard_copied_into_validation_leaks_and_fails(dataset, tmp_path):
+    root = copy_dataset(dataset, tmp_path)
+    os.makedirs(os.path.join(root, "validation"))
+    leaked = os.path.join(root, "validation", "pairs-00000-of-00001.tfrecord")
+    shutil.copy(sorted(glob.glob(os.path.join(root, "train-0", "pairs-*")))[0], leaked)
+    train_patients = {p.patient_key for p in decoded(leaked)}
+
+    code, report = run([root], tmp_path)
+
+    assert code == 1 and report["ok"] is False
+    assert report["leakage"]["patients_in_validation_and_train"] == len(train_patients) > 0
+    assert report["leakage"]["validation_patient_keys"] == sorted(train_patients)
+    leakage = [e for e in report["errors"] if e["kind"] == "patient_leakage"]
+    assert [e["split"] for e in leakage] == ["validation"]
+    misplaced = [e for e in report["errors"] if e["kind"] == "misplaced_records"]
+    assert [e["file"] for e in misplaced] == ["validation/pairs-00000-of-00001.tfrecord"]
 
 
 def test_test_shard_copied_into_train_leaks_and_fails(dataset, tmp_path, capsys):
