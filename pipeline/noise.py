@@ -80,17 +80,23 @@ class PairNoise:
         return dataclasses.asdict(self)
 
 
+def _rfft_weights(shape: tuple[int, int]) -> np.ndarray:
+    """How often each rfft2 coefficient of a real [H, W] image stands in the full spectrum (1 or 2),
+    so that sums over the half spectrum equal sums over the whole one."""
+    weights = np.full((shape[0], shape[1] // 2 + 1), 2.0)
+    weights[:, 0] = 1.0
+    if shape[1] % 2 == 0:
+        weights[:, -1] = 1.0
+    return weights
+
+
 def _nps_amplitude(shape: tuple[int, int], spacing_mm: tuple[float, float], peak_cycles_per_mm: float) -> np.ndarray:
     """sqrt(NPS) on the rfft2 grid of `shape`, scaled so that the noise it shapes has unit variance."""
     fy = np.fft.fftfreq(shape[0], d=spacing_mm[0])[:, None]
     fx = np.fft.rfftfreq(shape[1], d=spacing_mm[1])[None, :]
     f = np.sqrt(fy * fy + fx * fx)
     nps = f * np.exp(-0.5 * (f / peak_cycles_per_mm) ** 2)
-    weights = np.full(nps.shape, 2.0)
-    weights[:, 0] = 1.0
-    if shape[1] % 2 == 0:
-        weights[:, -1] = 1.0
-    total = float(np.sum(weights * nps))
+    total = float(np.sum(_rfft_weights(shape) * nps))
     return np.sqrt(nps * (shape[0] * shape[1] / total)) if total > 0 else np.zeros_like(nps)
 
 
@@ -112,11 +118,7 @@ def highpass_gain(shape: tuple[int, int], spacing_mm: tuple[float, float], peak_
     kx = np.fft.rfftfreq(shape[1])[None, :]
     response = (2.0 - 2.0 * np.cos(2 * np.pi * ky)) * (2.0 - 2.0 * np.cos(2 * np.pi * kx))
     amplitude = _nps_amplitude(shape, spacing_mm, peak_cycles_per_mm)
-    weights = np.full(amplitude.shape, 2.0)
-    weights[:, 0] = 1.0
-    if shape[1] % 2 == 0:
-        weights[:, -1] = 1.0
-    variance = float(np.sum(weights * (amplitude * response) ** 2)) / (shape[0] * shape[1])
+    variance = float(np.sum(_rfft_weights(shape) * (amplitude * response) ** 2)) / (shape[0] * shape[1])
     return float(np.sqrt(variance) / np.linalg.norm(HIGHPASS))
 
 
