@@ -93,9 +93,9 @@ def make_optimizer(learning_rate: float, config: TrainConfig, total_steps: int, 
 
 
 def network_window(window_hu: tuple[float, float], hu_window: tuple[float, float]) -> tuple[float, float]:
-    """An HU window in the network's units (`hu_window` maps to [-1, 1])."""
-    low, high = hu_window
-    return tuple(float((value - low) / (high - low) * 2.0 - 1.0) for value in window_hu)
+    """An HU window in the network's units (`hu_to_unit`: `hu_window` maps to [-1, 1], beyond clips)."""
+    low, high = hu_to_unit(tf.constant(window_hu, tf.float32), hu_window).numpy()
+    return float(low), float(high)
 
 
 def build_model(config: TrainConfig, vgg: keras.Model | None, total_steps: int = 1) -> ConditionalGAN:
