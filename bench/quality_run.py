@@ -145,8 +145,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="quality_run")
     parser.add_argument("--minutes", type=float, default=60.0, help="wall-clock budget of the default run")
-    parser.add_argument("--phantoms", type=int, default=30, help="phantom patients (>= 20)")
-    parser.add_argument("--slices", type=int, default=16, help="slices per phantom series")
+    parser.add_argument("--phantoms", type=int, default=60,
+                        help="phantom patients (>= 20); many patients of few slices give the test split many patients")
+    parser.add_argument("--slices", type=int, default=8, help="slices per phantom series (spanning its body site)")
     parser.add_argument("--kernels", type=int, default=2, help="motion kernels (pairs) per slice")
     parser.add_argument("--pairs", type=int, default=966, help="pairs of the kernel dataset, test and validation included")
     parser.add_argument("--test_pairs", type=int, default=128)

@@ -149,6 +149,10 @@ class TrainConfig:
         1, "random crop positions drawn per pair; the one where blurry and sharp differ most (mean |difference|) is "
         "trained on, so crops hold the edges that blur changes. 1 = uniform random crops (the paper)",
     )
+    random_orientation: bool = _field(
+        False, "turn each training crop (blurry and sharp alike) by a random multiple of 90 degrees and mirror it at "
+        "random: 8x the orientations of anatomy and motion; exact for motion blur, whose kernel turns with the image",
+    )
     hu_window: tuple[float, float] = _field((-1024.0, 3071.0), "HU range mapped to the network's [-1, 1] (values outside are clipped)")
     shuffle_buffer: int = _field(2048, "pairs in the shuffle buffer (about 1 MB each at 512x512)")
     seed: int = _field(0, "seed of weights, crops, shuffling, dropout and penalty interpolation")
@@ -297,6 +301,7 @@ MODEL_SETTINGS: Mapping[str, Mapping[str, Any]] = {
         "learning_rate_schedule": "cosine",
         "learning_rate_warmup_steps": 50,
         "crop_candidates": 4,
+        "random_orientation": True,
     },
     "paper": {},
     "deblurgan": {

@@ -164,6 +164,18 @@ def crop_pair(
     return blurry[..., tf.newaxis], sharp[..., tf.newaxis]
 
 
+def orient_pair(blurry: tf.Tensor, sharp: tf.Tensor, orientation: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Both `[S, S, 1]` crops turned by `orientation` (0..7): rotated by (orientation mod 4) x 90
+    degrees, then mirrored left-right when orientation >= 4. A valid pair again: a motion kernel
+    turns with the image, and the noise is isotropic."""
+
+    def turn(image: tf.Tensor) -> tf.Tensor:
+        rotated = tf.image.rot90(image, k=orientation % 4)
+        return tf.cond(orientation >= 4, lambda: tf.image.flip_left_right(rotated), lambda: rotated)
+
+    return turn(blurry), turn(sharp)
+
+
 def epoch_seed(seed: int, subdataset: int, epoch: int) -> int:
     """A 31-bit seed for one (sub-dataset, epoch) of a run."""
     return int(np.random.SeedSequence([seed, subdataset, epoch]).generate_state(1)[0] >> 1)
@@ -195,6 +207,7 @@ def training_batches(
     steps: int,
     skip_steps: int = 0,
     crop_candidates: int = 1,
+    random_orientation: bool = False,
 ) -> tf.data.Dataset:
     """Batches `(blurry, sharp)`, each `[batch, crop, crop, 1]` float32 in [-1, 1], for one epoch.
 
@@ -203,7 +216,8 @@ def training_batches(
     `seed` (see `epoch_seed`) fixes the file order, the shuffled record order and every crop;
     all pipelines shuffle alike and take every `count`-th record, so their records are disjoint.
     `crop_candidates` > 1: of that many random crop positions, the one with the largest blur
-    difference is taken (see `crop_pair`).
+    difference is taken (see `crop_pair`). `random_orientation`: each crop is turned to one of its
+    8 orientations (see `orient_pair`), drawn from the same seed and record index.
     """
     rng = np.random.default_rng(seed)
     files = [split.files[i] for i in rng.permutation(len(split.files))]
@@ -220,6 +234,10 @@ def training_batches(
         shape = [2] if crop_candidates == 1 else [crop_candidates, 2]
         position = tf.random.stateless_uniform(shape, seed=tf.stack([tf.constant(seed, tf.int64), index]))
         blurry, sharp = crop_pair(pair["blurry_hu"], pair["sharp_hu"], crop_size, position)
+        if random_orientation:
+            orientation = tf.random.stateless_uniform(
+                [], seed=tf.stack([tf.constant(seed, tf.int64), -1 - index]), maxval=8, dtype=tf.int32)
+            blurry, sharp = orient_pair(blurry, sharp, orientation)
         return hu_to_unit(blurry, hu_window), hu_to_unit(sharp, hu_window)
 
     batches = records.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

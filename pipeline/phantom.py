@@ -16,8 +16,11 @@ spans its whole body site whatever its number of slices (slice 0 at the top):
   stomach and bowel loops with gas-fluid levels, colon with stool, mesenteric fat and vessels,
   pancreas, kidneys with cortex, medulla and sinus, aorta, IVC and iliac vessels, lumbar
   vertebrae, sacrum, iliac wings and femoral heads with trabecular bone, bladder, lung bases.
-Values are typical contrast-enhanced CT HU; organs get low-frequency texture. The image itself is
-noise-free: the pipeline's noise model adds CT-like noise to each pair. The scanner table lies
+Values are typical contrast-enhanced CT HU; organs get low-frequency texture. A slice is what a
+scanner reconstructs, not the plane through the model: the anatomy is averaged over the slice
+thickness (surfaces that cross the slab obliquely become partial-volume ramps) and blurred by an
+in-plane PSF drawn per series, as reconstruction kernels blur. The image is noise-free: the
+pipeline's noise model adds CT-like noise to each pair. The scanner table lies
 under the body and pixels outside the circular field of view carry the PixelPaddingValue, as many
 scanners write them. Anatomy (sizes, positions, vessel trees, number of bowel loops, ...) varies
 per patient and comes from (seed, patient index) only.
@@ -31,6 +34,7 @@ import math
 
 import numpy as np
 import pydicom
+from scipy import ndimage
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
@@ -46,6 +50,16 @@ _SITE_LENGTH_MM = {"head": 140.0, "thorax": 280.0, "abdomen": 360.0}
 
 AIR, FAT, CSF, MUSCLE, BLOOD = -1000.0, -100.0, 6.0, 50.0, 40.0
 
+SLAB_SAMPLES = 3
+"""Planes of the 3-D anatomy averaged across a slice's thickness (at the centres of equal sub-slabs)."""
+
+PSF_FWHM_MM = (0.7, 1.3)
+"""Range of the in-plane scanner PSF's full width at half maximum (mm), drawn per series: a Gaussian
+whose MTF falls to 50% at 0.63 to 0.34 line pairs/mm, from sharp to soft clinical reconstruction
+kernels."""
+
+FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
+
 
 @dataclasses.dataclass(frozen=True)
 class PhantomSeries:
@@ -58,6 +72,7 @@ class PhantomSeries:
     pixel_spacing_mm: float
     slice_thickness_mm: float
     seed: int
+    psf_fwhm_mm: float
 
     @property
     def patient_id(self) -> str:
@@ -73,7 +88,8 @@ def phantom_series(patient_index: int, slices: int, size: int, seed: int) -> Pha
     rng = derive_rng(seed, "phantom-geometry", patient_index)
     fov_mm = {"head": 240.0, "thorax": 380.0, "abdomen": 420.0}[site] * rng.uniform(0.95, 1.1)
     thickness = {"head": 2.5, "thorax": 3.0, "abdomen": 3.0}[site]
-    return PhantomSeries(patient_index, site, size, slices, fov_mm / size, thickness, seed)
+    psf_fwhm_mm = rng.uniform(*PSF_FWHM_MM)
+    return PhantomSeries(patient_index, site, size, slices, fov_mm / size, thickness, seed, psf_fwhm_mm)
 
 
 # --- geometry on points -------------------------------------------------------------------------
@@ -1362,12 +1378,24 @@ def slice_level_mm(series: PhantomSeries, slice_index: int) -> float:
     return length * (1.0 - slice_index / (series.slices - 1))
 
 
-def phantom_hu(series: PhantomSeries, slice_index: int) -> np.ndarray:
-    """Noise-free HU image float32 [size, size] of one slice (before the field-of-view padding)."""
+def anatomy_hu(series: PhantomSeries, slice_index: int, offset_mm: float = 0.0) -> np.ndarray:
+    """HU float32 [size, size] of the 3-D anatomy itself in the plane `offset_mm` above the centre
+    of slice `slice_index`: edges are one pixel wide (partial volume in-plane only), no scanner blur."""
     anatomy = _patient(series.body_site, series.seed, series.patient_index)
-    canvas = _Canvas(series.size, series.pixel_spacing_mm, slice_level_mm(series, slice_index))
+    canvas = _Canvas(series.size, series.pixel_spacing_mm, slice_level_mm(series, slice_index) + offset_mm)
     _table(canvas, anatomy.paint(canvas) + 4.0)
     return canvas.hu
+
+
+def phantom_hu(series: PhantomSeries, slice_index: int) -> np.ndarray:
+    """The scanner's noise-free HU image float32 [size, size] of one slice (before the field-of-view
+    padding): the anatomy averaged over the slab (`SLAB_SAMPLES` planes across the slice
+    thickness), blurred in-plane by a Gaussian PSF of the series' `psf_fwhm_mm`."""
+    thickness = series.slice_thickness_mm
+    offsets = ((np.arange(SLAB_SAMPLES) + 0.5) / SLAB_SAMPLES - 0.5) * thickness
+    slab = np.mean([anatomy_hu(series, slice_index, float(offset)) for offset in offsets], axis=0)
+    sigma_pixels = series.psf_fwhm_mm / FWHM_PER_SIGMA / series.pixel_spacing_mm
+    return ndimage.gaussian_filter(slab, sigma_pixels, mode="nearest").astype(np.float32)
 
 
 def _outside_fov(size: int) -> np.ndarray:
@@ -1408,6 +1436,7 @@ def phantom_dataset(series: PhantomSeries, slice_index: int) -> pydicom.Dataset:
     ds.InstanceNumber = slice_index + 1
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
     ds.KVP = 120
+    ds.ConvolutionKernel = f"GAUSS {series.psf_fwhm_mm:.2f}MM"
     ds.SliceThickness = f"{series.slice_thickness_mm:.2f}"
     z = -slice_index * series.slice_thickness_mm
     half = (series.size - 1) / 2.0 * series.pixel_spacing_mm

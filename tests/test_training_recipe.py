@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from tensorflow.core.util import event_pb2
-from test_model_support import phantom_pair, run_main, write_dataset
+from test_model_support import phantom_pair, recipe_flags, run_main, write_dataset
 
 from model.config import PRESETS, TrainConfig, config_from_dict
 from model.data import (
@@ -27,6 +27,7 @@ from model.data import (
     find_split,
     hu_to_unit,
     largest_difference_crop,
+    orient_pair,
     training_batches,
     unit_to_hu,
     validation_pairs,
@@ -52,7 +53,7 @@ PIXEL_ONLY = {
     "perceptual_weights": "none", "pixel_weight": 1.0, "charbonnier_epsilon_hu": 1.0, "adversarial_weight": 0.0,
     "adversarial_gradient_share": 0.0, "perceptual_gradient_share": 0.0, "generator_warmup_steps": 0,
     "generator_learning_rate": 1e-4, "learning_rate_schedule": "constant", "learning_rate_warmup_steps": 0,
-    "adam_beta_1": 0.5, "adam_beta_2": 0.999, "crop_candidates": 1, "critic_norm": "batch",
+    "adam_beta_1": 0.5, "adam_beta_2": 0.999, "crop_candidates": 1, "random_orientation": False, "critic_norm": "batch",
 }
 """A generator-only recipe (no VGG19, no critic), spelt out: what these tests train, whatever the
 `ours` recipe sets."""
@@ -336,6 +337,50 @@ def test_training_batches_with_candidates_hold_more_blur(tmp_path):
     assert len(chosen) == 6 and np.mean(chosen) > 1.5 * np.mean(uniform), (uniform, chosen)
 
 
+def test_orienting_a_pair_commutes_with_the_motion_blur():
+    """Each of the 8 orientations is a distinct rotation/mirror applied alike to blurry and sharp, and
+    turning a blurred image equals blurring the turned image with the turned kernel: a valid pair."""
+    rng = np.random.default_rng(1)
+    sharp = rng.normal(0, 100, (24, 24)).astype(np.float32)
+    params = MotionParams(length_px=7.0, anxiety=0.05, centripetal=0.2, jump_probability=0.0, gaussian_shake=0.3,
+                          exposure=1.0, initial_angle_rad=0.7, samples=500, walk_seed=3)
+    psf = motion_psf(motion_trajectory(params), 1.0, 9)[0]
+    assert not np.allclose(psf, np.rot90(psf)) and not np.allclose(psf, psf[:, ::-1])
+    blurry = blur_hu(np.pad(sharp, 8, mode="wrap"), psf)[8:-8, 8:-8]
+    seen = set()
+    for orientation in range(8):
+        b, s = orient_pair(tf.constant(blurry[..., None]), tf.constant(sharp[..., None]), tf.constant(orientation))
+        turned = np.rot90(sharp, orientation % 4)
+        turned_psf = np.rot90(psf, orientation % 4)
+        if orientation >= 4:
+            turned, turned_psf = turned[:, ::-1], turned_psf[:, ::-1]
+        np.testing.assert_array_equal(s.numpy()[..., 0], turned)
+        reblurred = blur_hu(np.pad(turned, 8, mode="wrap"), np.ascontiguousarray(turned_psf))[8:-8, 8:-8]
+        np.testing.assert_allclose(b.numpy()[..., 0], reblurred, atol=0.05)
+        seen.add(s.numpy().tobytes())
+    assert len(seen) == 8
+
+
+def test_training_batches_turn_crops_reproducibly(tmp_path):
+    """With random_orientation the crops are those of the unturned run (same positions), each turned
+    one of the 8 ways, several ways in one epoch, and the same ways again with the same seed."""
+    root = write_dataset(str(tmp_path / "data"), train_pairs=12, test_pairs=1, size=(48, 52), subdatasets=1, shards=1)
+    split = dataset_splits(root, [0])[0][0]
+
+    def crops(turned):
+        batches = training_batches(split, crop_size=16, hu_window=(-1024.0, 3071.0), shuffle_buffer=12, seed=5,
+                                   shard=InputShard(batch=2), steps=6, random_orientation=turned)
+        return [image for blurry, sharp in batches for image in np.concatenate([blurry, sharp], axis=-1)]
+
+    plain, turned = crops(False), crops(True)
+    ways = []
+    for before, after in zip(plain, turned):
+        options = [np.rot90(before, k) for k in range(4)] + [np.rot90(before, k)[:, ::-1] for k in range(4)]
+        ways.append(next(k for k, option in enumerate(options) if np.array_equal(option, after)))
+    assert len(ways) == 12 and len(set(ways)) >= 4, ways
+    np.testing.assert_array_equal(np.stack(turned), np.stack(crops(True)))
+
+
 def test_largest_difference_crop_finds_a_planted_difference():
     rng = np.random.default_rng(0)
     sharp = rng.integers(-100, 100, (64, 72)).astype(np.int16)
@@ -448,7 +493,7 @@ TRAIN_SETTINGS = {**PIXEL_ONLY, "generator_learning_rate": 1e-3, "learning_rate_
                   "learning_rate_warmup_steps": 1, "learning_rate_final_fraction": 0.1, "subdatasets": 0,
                   "max_steps_per_epoch": 4, "crop_size": 32, "validation_every": 1, "validation_crop": 0,
                   "summary_every": 1}
-TRAIN = ["--preset", "tiny", *(f"--{name}={value}" for name, value in TRAIN_SETTINGS.items())]
+TRAIN = ["--preset", "tiny", *recipe_flags(TRAIN_SETTINGS)]
 STEPS = 4
 
 
