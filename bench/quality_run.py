@@ -1,7 +1,7 @@
 """The quality run (`make quality`): dataset, `ours` at the `small` preset, evaluation with the baselines.
 
 Usage: .venv/bin/python bench/quality_run.py [--workdir quality_run] [--minutes 60] [--compare MODEL ...]
-           [--perceptual_weights none|imagenet|PATH] [--results RESULTS.md]
+           [--perceptual_weights none|imagenet|PATH] [--results RESULTS.md] [--resume]
 
 On 2 CPU cores, in at most `--minutes` wall-clock minutes for the default run:
 1. A kernel-blur dataset (ctdeblur-make-dataset): `--phantoms` procedural phantom patients (head,
@@ -21,7 +21,10 @@ On 2 CPU cores, in at most `--minutes` wall-clock minutes for the default run:
    and evaluation-realct.json, with Markdown reports, per-image CSVs and figures beside them.
 `--compare paper deblurgan pix2pix` then trains each listed model at the same wall-clock budget
 as `ours` took (one after another, each alone on the machine) and evaluates all models together.
-`--results FILE` writes the Markdown summary (tables with patient-clustered bootstrap CIs, the
+`--resume` reuses every step that finished in an earlier run of the same workdir with the same
+command (so `--resume --compare pix2pix` adds pix2pix to a finished default run, and an interrupted
+run continues); budgets are computed from the steps' recorded minutes, so a resumed run asks the
+same of each step. `--results FILE` writes the Markdown summary (tables with patient-clustered bootstrap CIs, the
 commands, the timings) to FILE, e.g. RESULTS.md.
 
 The perceptual term needs ImageNet VGG19 weights (`--perceptual_weights imagenet` or a file); this
@@ -51,30 +54,50 @@ def shown(argv: list[str]) -> str:
 
 
 class Run:
-    """The steps of one quality run, with their commands and wall-clock times."""
+    """The steps of one quality run, with their commands and wall-clock times.
 
-    def __init__(self, workdir: str):
+    With `resume`, a step that finished in an earlier run of the same workdir with the same command
+    (WORKDIR/logs/<label>.done.json) is not run again: its recorded minutes count instead.
+    """
+
+    def __init__(self, workdir: str, resume: bool = False):
         self.workdir = workdir
-        self.started = time.monotonic()
+        self.resume = resume
         self.steps: list[tuple[str, list[str], float]] = []
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.workdir, *parts)
 
-    def elapsed_minutes(self) -> float:
-        return (time.monotonic() - self.started) / 60.0
+    def minutes(self) -> float:
+        """Wall-clock minutes of the steps so far (recorded minutes for reused ones)."""
+        return sum(minutes for _, _, minutes in self.steps)
+
+    def _reused(self, label: str, argv: list[str]) -> float | None:
+        marker = self.path("logs", f"{label}.done.json")
+        if not (self.resume and os.path.exists(marker)):
+            return None
+        with open(marker, encoding="utf-8") as handle:
+            done = json.load(handle)
+        return done["minutes"] if done["command"] == argv else None
 
     def run(self, label: str, argv: list[str]) -> float:
         """Runs `argv` (its output to WORKDIR/logs/<label>.log); returns its wall-clock minutes."""
         os.makedirs(self.path("logs"), exist_ok=True)
         log = self.path("logs", f"{label}.log")
-        print(f"[{self.elapsed_minutes():5.1f} min] {label}: {shown(argv)}  (log: {log})", flush=True)
+        minutes = self._reused(label, argv)
+        if minutes is not None:
+            print(f"[{self.minutes():5.1f} min] {label}: done in an earlier run ({minutes:.1f} min), reused", flush=True)
+            self.steps.append((label, argv, minutes))
+            return minutes
+        print(f"[{self.minutes():5.1f} min] {label}: {shown(argv)}  (log: {log})", flush=True)
         began = time.monotonic()
         with open(log, "w", encoding="utf-8") as handle:
             done = subprocess.run(argv, stdout=handle, stderr=subprocess.STDOUT)
         minutes = (time.monotonic() - began) / 60.0
         if done.returncode != 0:
             raise SystemExit(f"quality run: {label} failed (exit {done.returncode}); see {log}")
+        with open(self.path("logs", f"{label}.done.json"), "w", encoding="utf-8") as handle:
+            json.dump({"command": argv, "minutes": minutes}, handle)
         self.steps.append((label, argv, minutes))
         return minutes
 
@@ -158,22 +181,25 @@ def main() -> None:
     parser.add_argument("--perceptual_weights", default="none")
     parser.add_argument("--compare", nargs="*", default=[], choices=("paper", "deblurgan", "pix2pix"))
     parser.add_argument("--results", help="write the Markdown summary here (e.g. RESULTS.md)")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse the steps that finished in an earlier run of this workdir with the same command "
+                             "(e.g. add --compare to a finished default run); their recorded minutes count")
     args = parser.parse_args()
     if args.phantoms < 20:
         parser.error("--phantoms must be >= 20")
-    run = Run(args.workdir)
+    run = Run(args.workdir, resume=args.resume)
     os.makedirs(args.workdir, exist_ok=True)
 
     for test_set in TEST_SETS:
         run.run(f"dataset-{test_set}", dataset_argv(args, run.path(f"data-{test_set}"), test_set))
-    training_minutes = args.minutes - args.evaluation_minutes - run.elapsed_minutes()
+    training_minutes = round(args.minutes - args.evaluation_minutes - run.minutes(), 2)
     if training_minutes < 5:
-        raise SystemExit(f"quality run: the datasets took {run.elapsed_minutes():.1f} min, leaving "
+        raise SystemExit(f"quality run: the datasets took {run.minutes():.1f} min, leaving "
                          f"{training_minutes:.1f} min to train; raise --minutes")
     ours_minutes = run.run("train-ours", train_argv(args, run, "ours", training_minutes))
     for test_set in TEST_SETS:
         run.run(f"evaluate-{test_set}", evaluate_argv(run, ["ours"], test_set))
-    default_minutes = run.elapsed_minutes()
+    default_minutes = run.minutes()
 
     skipped = {}
     compared = ["ours"]
@@ -183,7 +209,7 @@ def main() -> None:
                               f"weights (--perceptual_weights imagenet or a file); random-init features are never "
                               f"used for a reported figure")
             continue
-        run.run(f"train-{model}", train_argv(args, run, model, ours_minutes))
+        run.run(f"train-{model}", train_argv(args, run, model, round(ours_minutes, 2)))
         compared.append(model)
     if len(compared) > 1:
         for test_set in TEST_SETS:
@@ -191,7 +217,7 @@ def main() -> None:
 
     summary = {
         "default_run_minutes": default_minutes,
-        "total_minutes": run.elapsed_minutes(),
+        "total_minutes": run.minutes(),
         "steps": [{"label": label, "command": shown(argv), "minutes": minutes} for label, argv, minutes in run.steps],
         "models": {model: export_info(run, model) for model in compared},
         "skipped": skipped,
@@ -201,7 +227,7 @@ def main() -> None:
     with open(run.path("quality_run.json"), "w", encoding="utf-8") as handle:
         json.dump(summary, handle, indent=2)
     print(f"quality run: default run {default_minutes:.1f} min (budget {args.minutes:g}), total "
-          f"{run.elapsed_minutes():.1f} min; evaluations: "
+          f"{run.minutes():.1f} min; evaluations: "
           + ", ".join(run.path(f"evaluation-{test_set}.json") for test_set in TEST_SETS)
           + f"; summary: {run.path('quality_run.json')}")
     if args.results:
