@@ -19,6 +19,8 @@ On 2 CPU cores, in at most `--minutes` wall-clock minutes for the default run:
 5. `ctdeblur-evaluate` of the export with the blurry input and the Wiener / Richardson-Lucy oracles
    on the three test splits: evaluation-kernel.json (the existing format), evaluation-projection.json
    and evaluation-realct.json, with Markdown reports, per-image CSVs and figures beside them.
+6. bench/sharp_input.py: each model on the unblurred slices of the kernel and real-CT test splits
+   (sharp-input-*.json): a deblurring model must leave a sharp slice nearly as it is.
 `--compare paper deblurgan pix2pix` then trains each listed model at the same wall-clock budget
 as `ours` took (one after another, each alone on the machine) and evaluates all models together.
 `--resume` reuses every step that finished in an earlier run of the same workdir with the same
@@ -144,6 +146,17 @@ def evaluate_argv(run: Run, models: list[str], test_set: str) -> list[str]:
                    "--json", run.path(f"{name}.json"), "--report", run.path(name)]
 
 
+SHARP_INPUT_SETS = ("kernel", "realct")
+
+
+def sharp_input_argv(run: Run, models: list[str], test_set: str) -> list[str]:
+    """bench/sharp_input.py on the sharp slices of a test split: how much each model changes them."""
+    argv = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "sharp_input.py")]
+    for model in models:
+        argv += ["--model", run.path(f"model-{model}")]
+    return argv + ["--data", run.path(f"data-{test_set}", "test"), "--json", run.path(f"sharp-input-{test_set}.json")]
+
+
 def real_ct_in_training(run: Run) -> list[str]:
     """Split directories of the kernel dataset that hold pydicom's real CT other than test/."""
     from tfrecords_schema import decode_pair, read_records
@@ -214,6 +227,8 @@ def main() -> None:
     if len(compared) > 1:
         for test_set in TEST_SETS:
             run.run(f"evaluate-{test_set}-all", evaluate_argv(run, compared, test_set))
+    for test_set in SHARP_INPUT_SETS:
+        run.run(f"sharp-input-{test_set}", sharp_input_argv(run, compared, test_set))
 
     summary = {
         "default_run_minutes": default_minutes,
