@@ -32,6 +32,9 @@ AIR_OFFSET_HU = 1024.0
 RL_START_FLOOR = 1.0
 """Richardson-Lucy starts from the blurry image floored at this value (HU + 1024): a pixel that
 starts at 0 would stay 0 for ever."""
+RL_UNSEEN = 1e-3
+"""Richardson-Lucy keeps the estimate of pixels whose A^T 1 is below this: (almost) no blurred pixel
+sees them (image corners under some motion PSFs), and dividing by ~0 overflows."""
 PSF_SUM_TOLERANCE = 1e-3
 TUNING_PSNR_CAP_DB = 100.0
 """An infinite PSNR (perfect restoration) counts as this in the tuning means."""
@@ -159,8 +162,8 @@ def richardson_lucy_all(blurry_hu: np.ndarray, psf: np.ndarray, iterations: Sequ
     """Richardson-Lucy deconvolution of blurry HU `[H, W]`, the estimate after each count in `iterations`.
 
     Works on y = max(HU + 1024, 0) with the pipeline's exact blur A (`ReflectBlur`), from
-    x0 = max(y, 1): x <- x * A^T(y / A x) / A^T 1. One run to the largest count; returns
-    {iterations: restored HU `[H, W]`}. FFTs in `dtype` (float32: errors far below 1 HU).
+    x0 = max(y, 1): x <- x * A^T(y / A x) / A^T 1 (x kept where A^T 1 < `RL_UNSEEN`). One run to the
+    largest count; returns {iterations: restored HU `[H, W]`}. FFTs in `dtype` (float32: errors far below 1 HU).
     """
     counts = sorted({int(n) for n in iterations})
     if not counts or counts[0] < 1:
@@ -170,13 +173,14 @@ def richardson_lucy_all(blurry_hu: np.ndarray, psf: np.ndarray, iterations: Sequ
     operator = ReflectBlur(psf, np.shape(blurry_hu), dtype)
     observed = np.maximum(np.asarray(blurry_hu, operator.dtype) + AIR_OFFSET_HU, 0)
     tiny = np.finfo(operator.dtype).tiny
-    normaliser = np.maximum(operator.adjoint(np.ones_like(observed)), tiny)
+    normaliser = operator.adjoint(np.ones_like(observed))
+    seen = normaliser >= RL_UNSEEN
     estimate = np.maximum(observed, RL_START_FLOOR)
     restored = {}
     for step in range(1, counts[-1] + 1):
         predicted = operator.blur(estimate)
         ratio = np.divide(observed, predicted, out=np.zeros_like(observed), where=predicted > tiny)
-        estimate = estimate * operator.adjoint(ratio) / normaliser
+        estimate = np.where(seen, estimate * operator.adjoint(ratio) / np.where(seen, normaliser, 1), estimate)
         if step in counts:
             restored[step] = estimate.astype(np.float64) - AIR_OFFSET_HU
     return restored

@@ -346,8 +346,13 @@ def baselines_json(evaluation: Evaluation) -> dict[str, Any] | None:
     return {"wiener_nsr": settings.wiener_nsr, "rl_iterations": settings.rl_iterations,
             "chosen_on": evaluation.validation_dir if settings.tuning_pairs else "given",
             "tuning_pairs": settings.tuning_pairs,
-            "wiener_psnr": {f"{k:g}": v for k, v in settings.wiener_psnr.items()},
-            "rl_psnr": {str(k): v for k, v in settings.rl_psnr.items()}}
+            "wiener_psnr": {f"{k:g}": _finite_or_none(v) for k, v in settings.wiener_psnr.items()},
+            "rl_psnr": {str(k): _finite_or_none(v) for k, v in settings.rl_psnr.items()}}
+
+
+def _finite_or_none(value: float) -> float | None:
+    """A tuning score for JSON: null when a setting gave no finite mean PSNR."""
+    return value if math.isfinite(value) else None
 
 
 def _scope_json(result: dict[str, dict[str, Summary]]) -> dict[str, Any]:

@@ -112,3 +112,18 @@ def test_single_values_are_used_as_given_without_reading_pairs():
     assert (settings.wiener_nsr, settings.rl_iterations, settings.tuning_pairs) == (3e-3, 40, 0)
     with pytest.raises(ValueError, match="no pairs"):
         baselines.tune_baselines(iter([]), [1e-3, 1e-2], [10])
+
+
+def test_richardson_lucy_stays_finite_where_no_blurred_pixel_sees_the_image():
+    """A diagonal two-point PSF leaves two corners seen by no blurred pixel (A^T 1 = 0 there): RL
+    keeps their estimate instead of dividing by zero, and still deblurs the rest."""
+    psf = np.array([[0.0, 0.0, 0.5], [0.0, 0.0, 0.0], [0.5, 0.0, 0.0]], np.float32)
+    sharp = np.full((32, 32), -900.0)
+    sharp[8:24, 10:20] = 300.0
+    blurry = baselines.ReflectBlur(psf, sharp.shape, np.float64).blur(sharp + baselines.AIR_OFFSET_HU)
+    blurry = blurry - baselines.AIR_OFFSET_HU
+    restored = baselines.richardson_lucy_all(blurry, psf, [5, 50])
+    for estimate in restored.values():
+        assert np.all(np.isfinite(estimate))
+    inner = (slice(2, -2), slice(2, -2))
+    assert np.abs(restored[50] - sharp)[inner].mean() < np.abs(blurry - sharp)[inner].mean()

@@ -94,7 +94,8 @@ def entries(directory: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """{"identity": untrained tiny generator export, "perturbed": random last-layer weights}."""
+    """{"identity": untrained tiny generator export, "perturbed": random last-layer weights and a bias
+    (a correction of several HU even where the image is flat)}."""
     from model.config import preset_config
     from model.export import export_generator
     from model.networks import build_generator
@@ -105,7 +106,8 @@ def models(tmp_path_factory):
     export_generator(generator, config, str(root / "identity"), {"model": "tiny-identity"})
     tail = generator.get_layer("tail_conv")
     kernel, bias = tail.get_weights()
-    tail.set_weights([np.random.default_rng(0).normal(0, 0.05, kernel.shape).astype(np.float32), bias])
+    tail.set_weights([np.random.default_rng(0).normal(0, 0.05, kernel.shape).astype(np.float32),
+                      np.full_like(bias, 0.03)])
     export_generator(generator, config, str(root / "perturbed"), {"model": "tiny-perturbed"})
     return {"identity": str(root / "identity"), "perturbed": str(root / "perturbed")}
 
