@@ -153,10 +153,6 @@ class TrainConfig:
         False, "turn each training crop (blurry and sharp alike) by a random multiple of 90 degrees and mirror it at "
         "random: 8x the orientations of anatomy and motion; exact for motion blur, whose kernel turns with the image",
     )
-    still_fraction: float = _field(
-        0.0, "share of training crops (0..1) made still: the sharp crop is also the input, so the generator learns "
-        "to leave unblurred anatomy alone (real CT is full of partial-volume ramps that are not motion)",
-    )
     hu_window: tuple[float, float] = _field((-1024.0, 3071.0), "HU range mapped to the network's [-1, 1] (values outside are clipped)")
     shuffle_buffer: int = _field(2048, "pairs in the shuffle buffer (about 1 MB each at 512x512)")
     seed: int = _field(0, "seed of weights, crops, shuffling, dropout and penalty interpolation")
@@ -198,8 +194,6 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.unet_depth > MAX_UNET_DEPTH:
             raise ValueError(f"unet_depth must be at most {MAX_UNET_DEPTH} (0 = from crop_size), got {self.unet_depth}")
-        if not 0.0 <= self.still_fraction < 1.0:
-            raise ValueError(f"still_fraction must be in [0, 1), got {self.still_fraction}")
         if not 0.0 <= self.generator_dropout < 1.0:
             raise ValueError(f"generator_dropout must be in [0, 1), got {self.generator_dropout}")
         if self.crop_size < 16:
@@ -308,7 +302,6 @@ MODEL_SETTINGS: Mapping[str, Mapping[str, Any]] = {
         "learning_rate_warmup_steps": 50,
         "crop_candidates": 4,
         "random_orientation": True,
-        "still_fraction": 0.1,
     },
     "paper": {},
     "deblurgan": {

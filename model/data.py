@@ -164,11 +164,6 @@ def crop_pair(
     return blurry[..., tf.newaxis], sharp[..., tf.newaxis]
 
 
-STILL_DRAWS = 1 << 40
-"""Offset of the record index in the seed of a crop's still-or-not draw (its position's seed uses
-the index itself, its orientation's -1 - index)."""
-
-
 def orient_pair(blurry: tf.Tensor, sharp: tf.Tensor, orientation: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """Both `[S, S, 1]` crops turned by `orientation` (0..7): rotated by (orientation mod 4) x 90
     degrees, then mirrored left-right when orientation >= 4. A valid pair again: a motion kernel
@@ -213,7 +208,6 @@ def training_batches(
     skip_steps: int = 0,
     crop_candidates: int = 1,
     random_orientation: bool = False,
-    still_fraction: float = 0.0,
 ) -> tf.data.Dataset:
     """Batches `(blurry, sharp)`, each `[batch, crop, crop, 1]` float32 in [-1, 1], for one epoch.
 
@@ -223,9 +217,7 @@ def training_batches(
     all pipelines shuffle alike and take every `count`-th record, so their records are disjoint.
     `crop_candidates` > 1: of that many random crop positions, the one with the largest blur
     difference is taken (see `crop_pair`). `random_orientation`: each crop is turned to one of its
-    8 orientations (see `orient_pair`), drawn from the same seed and record index. `still_fraction`:
-    that share of the crops (drawn alike) are still: the sharp crop is also the input, so the model
-    learns to leave unblurred anatomy (partial-volume ramps, scanner blur) as it is.
+    8 orientations (see `orient_pair`), drawn from the same seed and record index.
     """
     rng = np.random.default_rng(seed)
     files = [split.files[i] for i in rng.permutation(len(split.files))]
@@ -242,9 +234,6 @@ def training_batches(
         shape = [2] if crop_candidates == 1 else [crop_candidates, 2]
         position = tf.random.stateless_uniform(shape, seed=tf.stack([tf.constant(seed, tf.int64), index]))
         blurry, sharp = crop_pair(pair["blurry_hu"], pair["sharp_hu"], crop_size, position)
-        if still_fraction:
-            draw = tf.random.stateless_uniform([], seed=tf.stack([tf.constant(seed, tf.int64), STILL_DRAWS + index]))
-            blurry = tf.where(draw < still_fraction, sharp, blurry)
         if random_orientation:
             orientation = tf.random.stateless_uniform(
                 [], seed=tf.stack([tf.constant(seed, tf.int64), -1 - index]), maxval=8, dtype=tf.int32)

@@ -348,7 +348,7 @@ class Training:
                     self.train_splits[sub], crop_size=config.crop_size, hu_window=config.hu_window,
                     shuffle_buffer=config.shuffle_buffer, seed=epoch_seed(config.seed, sub, epoch), shard=shard,
                     steps=self.steps[stage], skip_steps=first_step, crop_candidates=config.crop_candidates,
-                    random_orientation=config.random_orientation, still_fraction=config.still_fraction,
+                    random_orientation=config.random_orientation,
                 ))
             return functools.reduce(tf.data.Dataset.concatenate, datasets).prefetch(tf.data.AUTOTUNE)
 

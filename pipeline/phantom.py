@@ -50,12 +50,8 @@ _SITE_LENGTH_MM = {"head": 140.0, "thorax": 280.0, "abdomen": 360.0}
 
 AIR, FAT, CSF, MUSCLE, BLOOD = -1000.0, -100.0, 6.0, 50.0, 40.0
 
-SLICE_THICKNESS_MM = (1.25, 2.5, 3.0, 5.0)
-"""Slice thicknesses (mm) a series is drawn from: common clinical reconstructions, thin to thick."""
-
-SLAB_SAMPLE_SPACING_MM = 1.0
-"""Largest spacing (mm) of the planes of the 3-D anatomy averaged across a slice's thickness (at
-the centres of equal sub-slabs; at least 2 planes)."""
+SLAB_SAMPLES = 3
+"""Planes of the 3-D anatomy averaged across a slice's thickness (at the centres of equal sub-slabs)."""
 
 PSF_FWHM_MM = (0.7, 1.3)
 """Range of the in-plane scanner PSF's full width at half maximum (mm), drawn per series: a Gaussian
@@ -91,8 +87,8 @@ def phantom_series(patient_index: int, slices: int, size: int, seed: int) -> Pha
     site = BODY_SITES[patient_index % len(BODY_SITES)]
     rng = derive_rng(seed, "phantom-geometry", patient_index)
     fov_mm = {"head": 240.0, "thorax": 380.0, "abdomen": 420.0}[site] * rng.uniform(0.95, 1.1)
+    thickness = {"head": 2.5, "thorax": 3.0, "abdomen": 3.0}[site]
     psf_fwhm_mm = rng.uniform(*PSF_FWHM_MM)
-    thickness = float(rng.choice(SLICE_THICKNESS_MM))
     return PhantomSeries(patient_index, site, size, slices, fov_mm / size, thickness, seed, psf_fwhm_mm)
 
 
@@ -1393,11 +1389,10 @@ def anatomy_hu(series: PhantomSeries, slice_index: int, offset_mm: float = 0.0) 
 
 def phantom_hu(series: PhantomSeries, slice_index: int) -> np.ndarray:
     """The scanner's noise-free HU image float32 [size, size] of one slice (before the field-of-view
-    padding): the anatomy averaged over the slab (planes at most `SLAB_SAMPLE_SPACING_MM` apart across
-    the slice thickness), blurred in-plane by a Gaussian PSF of the series' `psf_fwhm_mm`."""
+    padding): the anatomy averaged over the slab (`SLAB_SAMPLES` planes across the slice
+    thickness), blurred in-plane by a Gaussian PSF of the series' `psf_fwhm_mm`."""
     thickness = series.slice_thickness_mm
-    planes = max(2, math.ceil(thickness / SLAB_SAMPLE_SPACING_MM))
-    offsets = ((np.arange(planes) + 0.5) / planes - 0.5) * thickness
+    offsets = ((np.arange(SLAB_SAMPLES) + 0.5) / SLAB_SAMPLES - 0.5) * thickness
     slab = np.mean([anatomy_hu(series, slice_index, float(offset)) for offset in offsets], axis=0)
     sigma_pixels = series.psf_fwhm_mm / FWHM_PER_SIGMA / series.pixel_spacing_mm
     return ndimage.gaussian_filter(slab, sigma_pixels, mode="nearest").astype(np.float32)

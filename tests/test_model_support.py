@@ -62,7 +62,7 @@ PAPER_RECIPE = {
     "perceptual_distance": "l1", "perceptual_gradient_share": 0.0, "perceptual_window_hu": (-1024.0, 3071.0),
     "gp_weight": 10.0, "generator_learning_rate": 1e-4, "critic_learning_rate": 1e-4, "adam_beta_1": 0.5,
     "adam_beta_2": 0.999, "learning_rate_schedule": "constant", "learning_rate_warmup_steps": 0, "crop_candidates": 1,
-    "random_orientation": False, "still_fraction": 0.0,
+    "random_orientation": False,
     "residual_scale": 1.0, "critic_steps": 5,
 }
 """The reference paper's recipe (WGAN-GP, 100 x l1 VGG19 perceptual, Adam 1e-4 / 0.5 / 0.999), spelt

@@ -53,8 +53,7 @@ PIXEL_ONLY = {
     "perceptual_weights": "none", "pixel_weight": 1.0, "charbonnier_epsilon_hu": 1.0, "adversarial_weight": 0.0,
     "adversarial_gradient_share": 0.0, "perceptual_gradient_share": 0.0, "generator_warmup_steps": 0,
     "generator_learning_rate": 1e-4, "learning_rate_schedule": "constant", "learning_rate_warmup_steps": 0,
-    "adam_beta_1": 0.5, "adam_beta_2": 0.999, "crop_candidates": 1, "random_orientation": False, "still_fraction": 0.0,
-    "critic_norm": "batch",
+    "adam_beta_1": 0.5, "adam_beta_2": 0.999, "crop_candidates": 1, "random_orientation": False, "critic_norm": "batch",
 }
 """A generator-only recipe (no VGG19, no critic), spelt out: what these tests train, whatever the
 `ours` recipe sets."""
@@ -380,28 +379,6 @@ def test_training_batches_turn_crops_reproducibly(tmp_path):
         ways.append(next(k for k, option in enumerate(options) if np.array_equal(option, after)))
     assert len(ways) == 12 and len(set(ways)) >= 4, ways
     np.testing.assert_array_equal(np.stack(turned), np.stack(crops(True)))
-
-
-def test_still_crops_are_the_sharp_crop_as_input_in_about_their_share(tmp_path):
-    """still_fraction 0.5: about half the crops have input = target, the others are the same crops
-    as without still crops; the same seed picks the same ones."""
-    root = write_dataset(str(tmp_path / "data"), train_pairs=24, test_pairs=1, size=(48, 52), subdatasets=1, shards=1)
-    split = dataset_splits(root, [0])[0][0]
-
-    def crops(fraction):
-        batches = training_batches(split, crop_size=16, hu_window=(-1024.0, 3071.0), shuffle_buffer=24, seed=7,
-                                   shard=InputShard(batch=4), steps=6, still_fraction=fraction)
-        return [(b, s) for blurry, sharp in batches for b, s in zip(blurry.numpy(), sharp.numpy())]
-
-    moving, mixed = crops(0.0), crops(0.5)
-    still = [np.array_equal(b, s) for b, s in mixed]
-    assert not any(np.array_equal(b, s) for b, s in moving)
-    assert 6 <= sum(still) <= 18, sum(still)
-    for (b, s), (b0, s0), is_still in zip(mixed, moving, still):
-        np.testing.assert_array_equal(s, s0)
-        if not is_still:
-            np.testing.assert_array_equal(b, b0)
-    assert still == [np.array_equal(b, s) for b, s in crops(0.5)]
 
 
 def test_largest_difference_crop_finds_a_planted_difference():
