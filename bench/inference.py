@@ -20,7 +20,12 @@ layer included, so outputs can be compared; the cost does not depend on the weig
 - Settings fixed before TensorFlow starts (graph, batch 1 unless stated): intra-op threads 1,
   inter-op threads 2 (TensorFlow's default on 2 cores), oneDNN off (batch 1 and 4), and oneDNN's
   automatic bfloat16. The main rows use 2 intra-op threads and 1 inter-op thread, as the CLI.
-Output differences are the largest absolute HU difference to graph batch 1 on the same input.
+- bfloat16 on the hot operation: the ResBlock convolution with input and kernel cast to bfloat16
+  (what a bfloat16 path would run), next to float32; these rows run with `ONEDNN_VERBOSE=1` and
+  list the oneDNN kernels that executed (e.g. `brgconv:avx512_core_amx` on a CPU with AMX).
+  `--bf16_check` runs only the bfloat16 settings and their float32 twins.
+Output differences to graph batch 1 on the same input: the largest absolute HU difference, and
+the 99th percentile of |difference| over pixels whose reference lies in [-1000, 1000] HU.
 Then `ctdeblur-deblur` end to end (default settings) on a 512x512 phantom series of
 `--e2e_slices` slices with the paper generator exported: wall time per slice, start-up included.
 """
@@ -75,6 +80,7 @@ SETTINGS = (
     Setting("graph", onednn="off"),
     Setting("graph", batch=4, onednn="off"),
     Setting("graph", precision="bfloat16"),
+    Setting("resblock conv", precision="bfloat16"),
 )
 REFERENCE = Setting("graph")
 
@@ -121,7 +127,7 @@ def run_setting(call_kind: str, batch: int, intra: int, inter: int, precision: s
 
     tf.config.threading.set_intra_op_parallelism_threads(intra)
     tf.config.threading.set_inter_op_parallelism_threads(inter)
-    if precision == "bfloat16":
+    if precision == "bfloat16" and call_kind != "resblock conv":
         tf.config.optimizer.set_experimental_options({"auto_mixed_precision_onednn_bfloat16": True})
     from model.data import unit_to_hu
     from model.export import load_exported_generator
@@ -129,8 +135,9 @@ def run_setting(call_kind: str, batch: int, intra: int, inter: int, precision: s
     unit = tf.tile(tf.random.stateless_uniform((1, SIZE, SIZE, 1), seed=[7, 0], minval=-1.0, maxval=1.0),
                    [batch, 1, 1, 1])
     if call_kind == "resblock conv":
-        kernel = tf.random.stateless_normal((3, 3, 256, 256), seed=[3, 4], stddev=0.01)
-        images = tf.random.stateless_uniform((1, 128, 128, 256), seed=[1, 2])
+        dtype = tf.bfloat16 if precision == "bfloat16" else tf.float32
+        kernel = tf.cast(tf.random.stateless_normal((3, 3, 256, 256), seed=[3, 4], stddev=0.01), dtype)
+        images = tf.cast(tf.random.stateless_uniform((1, 128, 128, 256), seed=[1, 2]), dtype)
 
         def call(x):
             return tf.nn.conv2d(x, kernel, 1, "SAME")
@@ -164,15 +171,32 @@ def run_setting(call_kind: str, batch: int, intra: int, inter: int, precision: s
     print(json.dumps({"first": first, "seconds": seconds, "peak_mib": peak_rss_mib(), "output": saved}))
 
 
+def onednn_kernels(output: str) -> list[str]:
+    """The distinct `kind:implementation (data types)` of the oneDNN primitives that executed,
+    from `ONEDNN_VERBOSE=1` output (e.g. `convolution:brgconv:avx512_core_amx (src_bf16 ...)`)."""
+    kernels = set()
+    for line in output.splitlines():
+        fields = line.split(",")
+        if line.startswith("onednn_verbose,") and len(fields) > 7 and fields[2] == "exec":
+            types = " ".join(part.split(":")[0] for part in fields[7].split())
+            kernels.add(f"{fields[4]}:{fields[5] or '-'} ({types})")
+    return sorted(kernels)
+
+
 def measure(setting: Setting, root: str, index: int) -> dict:
-    """Runs `setting` in a fresh process; returns its JSON."""
+    """Runs `setting` in a fresh process; returns its JSON (with the oneDNN kernels that ran, for
+    the ResBlock convolution)."""
     env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="1" if setting.onednn == "on" else "0", PYTHONPATH=REPO)
+    if setting.call == "resblock conv":
+        env["ONEDNN_VERBOSE"] = "1"
     save = os.path.join(root, f"output-{index}.npy")
     done = subprocess.run([sys.executable, __file__, "--child", *setting.args(), root, save],
                           capture_output=True, text=True, env=env, cwd=REPO, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{setting} failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["kernels"] = onednn_kernels(done.stdout)
+    return result
 
 
 def generator_gflop() -> float:
@@ -226,20 +250,27 @@ def print_table(runs: dict[Setting, list[dict]], gflop: float) -> None:
     reference = np.load(runs[REFERENCE][0]["output"])
     graph = {s.batch: median_seconds(s) for s in runs if s.call == "graph" and s == Setting("graph", s.batch)}
     print("| call | batch | intra-op | inter-op | oneDNN | precision | first call (s) | ms/slice (median) | "
-          "ms/slice (each round) | GFLOP/s | / graph, same batch | max abs HU diff | peak RSS (MiB) |")
-    print("|---|---:|---:|---:|---|---|---:|---:|---|---:|---:|---:|---:|")
+          "ms/slice (each round) | GFLOP/s | / graph, same batch | max abs HU diff | "
+          "p99 abs HU diff in [-1000, 1000] | peak RSS (MiB) |")
+    print("|---|---:|---:|---:|---|---|---:|---:|---|---:|---:|---:|---:|---:|")
+    window = (reference >= -1000) & (reference <= 1000)
     for setting, results in runs.items():
         seconds = median_seconds(setting)
         work = {"resblock conv": RESBLOCK_CONV_GFLOP, "savedmodel small": None}.get(setting.call, gflop)
         rate = f"{work / seconds:.0f}" if work else "-"
         ratio = f"{seconds / graph[setting.batch]:.2f}" if setting.batch in graph and work == gflop else "-"
         output = results[0]["output"]
-        diff = f"{float(np.max(np.abs(np.load(output) - reference))):.2f}" if output else "-"
+        difference = np.abs(np.load(output) - reference) if output else None
+        diff = f"{float(difference.max()):.2f}" if output else "-"
+        p99 = f"{float(np.percentile(difference[window], 99)):.2f}" if output else "-"
         each = ", ".join(f"{r['seconds'] * 1000:.0f}" for r in results)
         first = statistics.median(r["first"] for r in results)
         peak = max(r["peak_mib"] for r in results)
         print(f"| {' | '.join(setting.label())} | {first:.1f} | {seconds * 1000:.0f} | {each} | {rate} | {ratio} | "
-              f"{diff} | {peak:.0f} |")
+              f"{diff} | {p99} | {peak:.0f} |")
+    for setting, results in runs.items():
+        if results[0]["kernels"]:
+            print(f"\noneDNN kernels of {' '.join(setting.label())}: {'; '.join(results[0]['kernels'])}")
 
 
 def main() -> None:
@@ -247,6 +278,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (one fresh process per setting each)")
     parser.add_argument("--e2e_slices", type=int, default=20, help="slices of the end-to-end phantom series; 0 = skip")
     parser.add_argument("--calls", nargs="*", help="only the settings of these call kinds (default: all)")
+    parser.add_argument("--bf16_check", action="store_true",
+                        help="only the bfloat16 settings and their float32 twins (and the reference)")
     parser.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -256,6 +289,9 @@ def main() -> None:
     load = os.getloadavg()
     print(f"cores: {os.cpu_count()}; load average at start {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}", flush=True)
     settings = [s for s in SETTINGS if not args.calls or s.call in args.calls or s == REFERENCE]
+    if args.bf16_check:
+        twins = {dataclasses.replace(s, precision="float32") for s in SETTINGS if s.precision == "bfloat16"}
+        settings = [s for s in settings if s.precision == "bfloat16" or s in twins or s == REFERENCE]
     with tempfile.TemporaryDirectory(prefix="ctdeblur-bench-inference-") as root:
         export(root)
         runs: dict[Setting, list[dict]] = {setting: [] for setting in settings}

@@ -13,6 +13,9 @@ warm-up pass that fills the page cache and compiles the XLA kernels):
   table/8:      the same with --image_stride 8 (images measured on every 8th record);
   table/none:   the same with images measured on no record but the first of each shard
                 (counts, patients, collections, PSF extent, trajectory lengths only);
+  ssim only:    `ssim_hu` (the XLA-compiled SSIM the table runs) on the decoded images of every
+                pair, one after the other in this thread: the floor that SSIM alone sets;
+  histograms:   `hu_histogram` of both images of every pair (numpy, this thread);
 and the HTML report (8 examples) once. Prints a Markdown table of pairs/s, ratios to `read`, and
 the process CPU time per pair (all threads), from which the rate on two otherwise idle cores is
 estimated as 2 / CPU time (the machine is shared, so wall-clock rates depend on its load).
@@ -34,6 +37,7 @@ import tensorflow as tf  # noqa: E402
 from scipy.signal import fftconvolve  # noqa: E402
 
 from pipeline.stats.config import StatsConfig  # noqa: E402
+from pipeline.stats.metrics import hu_histogram, ssim_hu  # noqa: E402
 from pipeline.stats.reader import find_shards, read_dataset, read_pairs  # noqa: E402
 from pipeline.stats.report import choose_examples, collect, to_json  # noqa: E402
 from pipeline.stats.report_html import Example, render_html  # noqa: E402
@@ -127,6 +131,15 @@ def time_table(root: str, shards, config: StatsConfig) -> float:
     return time.perf_counter() - started
 
 
+def time_images(images, pairs: int, measure) -> float:
+    """Seconds of `measure(sharp, blurry)` on the images of `pairs` pairs (cycling `images`)."""
+    started = time.perf_counter()
+    for index in range(pairs):
+        sharp, blurry = images[index % len(images)]
+        measure(sharp, blurry)
+    return time.perf_counter() - started
+
+
 def time_html(root: str, shards, config: StatsConfig) -> float:
     results = read_dataset(root, shards, config)
     started = time.perf_counter()
@@ -151,12 +164,20 @@ def main() -> None:
     write_dataset(root, args.pairs)
     shards, _ = find_shards(root)
     default = StatsConfig()
+    decoded = [(sharp, blurry) for sharp, blurry, _ in _images(np.random.default_rng(0))]
+    tensors = [(tf.constant(sharp), tf.constant(blurry)) for sharp, blurry in decoded]
     kinds = {
         "read": lambda: time_read(root, shards),
         "parse": lambda: time_parse(root, shards),
         "table": lambda: time_table(root, shards, default),
         "table/8": lambda: time_table(root, shards, StatsConfig(image_stride=8)),
         "table/none": lambda: time_table(root, shards, StatsConfig(image_stride=PAIRS_PER_SHARD)),
+        "ssim only": lambda: time_images(
+            tensors, args.pairs, lambda sharp, blurry: ssim_hu(sharp, blurry, default.window_hu).numpy()
+        ),
+        "histograms": lambda: time_images(
+            decoded, args.pairs, lambda sharp, blurry: (hu_histogram(sharp), hu_histogram(blurry))
+        ),
     }
     for run in kinds.values():
         run()

@@ -1,7 +1,9 @@
-"""Per-pair measurements (TensorFlow, used inside tf.data) and their summaries (numpy).
+"""Per-pair measurements and their summaries.
 
-The per-pair functions take int16 HU images `[H, W]` and a float32 PSF `[k, k]` as decoded by
-`tfrecords_schema.parse_pair_tensors`; nothing here loops over pixels in Python.
+SSIM, the squared-error sum and the PSF extent are TensorFlow functions used inside tf.data; the
+HU histogram and the summaries are numpy. The per-pair functions take int16 HU images `[H, W]`
+and a float32 PSF `[k, k]` as decoded by `tfrecords_schema.parse_pair_tensors`; nothing here
+loops over pixels in Python.
 """
 
 from __future__ import annotations
@@ -19,10 +21,14 @@ HU_BINS = 65536
 """One bin per int16 HU value, so percentiles computed from histograms are exact."""
 
 
-def hu_histogram(hu: tf.Tensor) -> tf.Tensor:
-    """Count of every int16 value in `hu` (any shape): int32 [65536], bin i = HU i - 32768."""
-    values = tf.reshape(tf.cast(hu, tf.int32) + HU_OFFSET, [-1])
-    return tf.math.bincount(values, minlength=HU_BINS, maxlength=HU_BINS, dtype=tf.int32)
+def hu_histogram(hu: np.ndarray) -> np.ndarray:
+    """Count of every int16 value in `hu` (int16, any shape): int64 [65536], bin i = HU i - 32768.
+
+    Counts the int16 bits read as uint16 (HU h >= 0 at h, h < 0 at h + 65536: no widening pass
+    before counting), then rotates by 32768 so that bins run from -32768 HU upwards.
+    """
+    values = np.ascontiguousarray(hu, dtype=np.int16).view(np.uint16).ravel()
+    return np.roll(np.bincount(values, minlength=HU_BINS), HU_OFFSET)
 
 
 @functools.lru_cache(maxsize=None)
