@@ -22,7 +22,9 @@ import pytest
 
 from pipeline.make_dataset import run
 from pipeline.projection import ProjectionConfig, RigidMotion, projection_pair
-from tests.conftest import dicom_bytes
+from tests.conftest import dicom_bytes, golden_machine
+
+pytestmark = golden_machine
 
 SCANS = {"90 views": ProjectionConfig(views=90), "120 views": ProjectionConfig(views=120),
          "75 views": ProjectionConfig(views=75), "90 views, 180 deg": ProjectionConfig(views=90, scan_deg=180.0),
