@@ -13,7 +13,8 @@ from pipeline.phantom import BODY_SITES, phantom_series
 from pipeline.sources import write_phantom_series
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `ctdeblur-phantom`."""
     parser = argparse.ArgumentParser(
         prog="ctdeblur-phantom",
         description="Write procedural CT phantom series (real DICOM CT Image Storage files, int16 with "
@@ -25,6 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=512, help="matrix size in pixels, square (default 512)")
     parser.add_argument("--seed", type=int, default=0, help="seed; same seed gives identical files (default 0)")
     add_verbose_flag(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.patients < 1 or args.slices < 1 or args.size < 32:
         parser.error("need --patients >= 1, --slices >= 1 and --size >= 32")
