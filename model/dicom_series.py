@@ -1,19 +1,12 @@
-"""CT series in and out for `ctdeblur-deblur`: find, check and sort CT images; HU; derived series.
+"""CT series in and out for `ctdeblur-deblur`: the files of INPUT, the CT series in them; derived series.
 
 Reading. INPUT is a directory (searched recursively; symlinked directories are not followed), a
-single file or a zip archive (members are read into memory one at a time, never extracted, so
-member names cannot write anywhere; sizes and compression ratios are bounded, see `ZipLimits`).
-Every file is parsed by pydicom (files without the 128-byte preamble and 'DICM' prefix too).
-What is not a CT image is skipped and counted by reason: not DICOM (README, .DS_Store),
-DICOMDIR, other modalities, CT objects without pixels (dose reports), localizer (scout) images,
-repeated SOP instances. CT images are grouped by SeriesInstanceUID; one series is deblurred.
-Single-frame CT Image Storage and multi-frame Enhanced (and Legacy Converted Enhanced) CT are
-read, per-frame functional groups included. Slices are sorted by ImagePositionPatient along the
-slice normal (row x column direction cosines), not by InstanceNumber or file name.
-
-HU. HU = stored * RescaleSlope + RescaleIntercept (any real slope and intercept, signed or
-unsigned stored values, compressed transfer syntaxes decoded by pydicom with pylibjpeg).
-Pixels equal to PixelPaddingValue (or inside PixelPaddingRangeLimit) are flagged as padding.
+single file or a zip archive (members are read into memory one at a time, never extracted, and
+checked by `ct_io.zips`). Every file is read by `ct_io`, the reader the pipeline uses too, so the
+network sees the HU it was trained on: what is not a CT image is skipped and counted by reason
+(not DICOM, DICOMDIR, other modalities, CT objects without pixels, localizer images, repeated SOP
+instances); single-frame CT and Enhanced / Legacy Converted Enhanced multi-frame CT are read;
+slices are sorted along the slice normal (`ct_io.series.check_series`).
 
 Writing. The derived dataset is a copy of the input dataset with new SOP Instance and Series
 Instance UIDs, ImageType DERIVED\\SECONDARY (DERIVED\\PRIMARY for Enhanced CT; other values kept),
@@ -30,44 +23,30 @@ import copy
 import dataclasses
 import datetime
 import io
-import math
 import os
-import warnings
 import zipfile
 from collections.abc import Iterator, Sequence
 from typing import BinaryIO
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.errors import InvalidDicomError
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
-    UID,
-    CTImageStorage,
-    EnhancedCTImageStorage,
-    ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
     JPEGLSNearLossless,
-    LegacyConvertedEnhancedCTImageStorage,
-    MediaStorageDirectoryStorage,
     generate_uid,
 )
 
-CT_SOP_CLASSES = frozenset({CTImageStorage, EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage})
-MULTIFRAME_CT_SOP_CLASSES = frozenset({EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage})
-INT16_MIN, INT16_MAX = -32768, 32767
+from cli_shell.command import UserError
+from ct_io.dicom import MULTIFRAME_CT_SOP_CLASSES, dataset_frames, frames_hu, optional_int, parse_dicom, skip_reason, values_of
+from ct_io.errors import CTInputError
+from ct_io.hu import INT16_MAX, INT16_MIN, as_stored_value
+from ct_io.series import CTSeries, Frame, check_series
+from ct_io.zips import ZipLimits, ZipReader
+
 IMPLEMENTATION_VERSION_NAME = "CTDEBLUR_0_1"
-ORIENTATION_TOLERANCE = 1e-3
-"""Largest difference of direction cosines between images of one series."""
-SPACING_TOLERANCE_MM = 1e-3
-TILT_TOLERANCE_DEG = 0.1
-"""Angles between the slice stacking direction and the slice normal above this are gantry tilt."""
-REGULAR_SPACING_TOLERANCE = 0.01
-"""Relative spread of the distances between slices above which a stack is not a regular grid."""
 
 LOSSY_TRANSFER_SYNTAXES = {JPEGBaseline8Bit: "ISO_10918_1", JPEGExtended12Bit: "ISO_10918_1",
                            JPEGLSNearLossless: "ISO_14495_1"}
@@ -81,21 +60,8 @@ PIXEL_DEPENDENT_TAGS = (
 """Removed from derived datasets: they describe the input's pixel bytes (or sign them)."""
 
 
-class SeriesError(ValueError):
+class SeriesError(UserError):
     """The input cannot be deblurred as asked; the message names the file or series and what to do."""
-
-
-@dataclasses.dataclass(frozen=True)
-class ZipLimits:
-    """Bounds on a zip INPUT, checked on the declared sizes and again while reading (bytes).
-
-    Members larger than `member_bytes`, archives whose members sum to more than `total_bytes`,
-    and members of more than 1 MiB that expand more than `max_ratio` times are refused.
-    """
-
-    member_bytes: int = 2 << 30
-    total_bytes: int = 64 << 30
-    max_ratio: float = 250.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,18 +74,18 @@ class Source:
 
 
 class InputFiles(contextlib.AbstractContextManager):
-    """The files of INPUT (directory, file or zip) and their bytes; a zip stays open while in use."""
+    """The files of INPUT (directory, file or zip) and their bytes; a zip stays open while in use.
+
+    Raises SeriesError if INPUT does not exist, CTInputError (zip_slip, zip_bomb, bad_zip) for a
+    zip that `ct_io.zips` refuses.
+    """
 
     def __init__(self, input_path: str, limits: ZipLimits = ZipLimits()):
         self.input_path = input_path
         self.limits = limits
-        self._zip: zipfile.ZipFile | None = None
+        self._zip: ZipReader | None = None
         self.skipped: collections.Counter = collections.Counter()
-        try:
-            self.sources: list[Source] = self._list()
-        except SeriesError:
-            self.__exit__(None, None, None)
-            raise
+        self.sources: list[Source] = self._list()
 
     def _list(self) -> list[Source]:
         path = self.input_path
@@ -134,251 +100,27 @@ class InputFiles(contextlib.AbstractContextManager):
         if not os.path.isfile(path):
             raise SeriesError(f"INPUT {path} is neither a directory nor a file")
         if zipfile.is_zipfile(path) and not _has_dicom_prefix(path):
-            return self._list_zip(path)
+            self._zip = ZipReader(path, self.limits)
+            self.skipped["encrypted zip member"] += len(self._zip.encrypted)
+            return [Source(f"{path}!{member}", path, member) for member in self._zip.members]
         return [Source(path, path)]
-
-    def _list_zip(self, path: str) -> list[Source]:
-        try:
-            self._zip = zipfile.ZipFile(path)
-            members = [info for info in self._zip.infolist() if not info.is_dir()]
-        except (zipfile.BadZipFile, OSError) as error:
-            raise SeriesError(f"cannot read the zip archive {path}: {error}") from error
-        total = 0
-        sources = []
-        for info in members:
-            name = f"{path}!{info.filename}"
-            if info.flag_bits & 0x1:
-                self.skipped["encrypted zip member"] += 1
-                continue
-            if info.file_size > self.limits.member_bytes:
-                raise SeriesError(f"{name} expands to {info.file_size} bytes, more than the "
-                                  f"{self.limits.member_bytes} allowed for one zip member")
-            if info.file_size > (1 << 20) and info.file_size > self.limits.max_ratio * max(info.compress_size, 1):
-                raise SeriesError(f"{name} expands {info.file_size / max(info.compress_size, 1):.0f} times "
-                                  f"(more than {self.limits.max_ratio:.0f}): refusing a possible zip bomb")
-            total += info.file_size
-            sources.append(Source(name, path, info.filename))
-        if total > self.limits.total_bytes:
-            raise SeriesError(f"the zip archive {path} expands to {total} bytes, more than the "
-                              f"{self.limits.total_bytes} allowed")
-        return sources
 
     def open(self, source: Source) -> BinaryIO:
         """A readable, seekable file object of `source` (zip members are read into memory, bounded)."""
         if source.member is None:
             return open(source.path, "rb")
         assert self._zip is not None
-        info = self._zip.getinfo(source.member)
-        try:
-            with self._zip.open(info) as handle:
-                data = handle.read(self.limits.member_bytes + 1)
-        except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError) as error:
-            raise SeriesError(f"cannot read {source.name}: {error}") from error
-        if len(data) > self.limits.member_bytes:
-            raise SeriesError(f"{source.name} holds more than {self.limits.member_bytes} bytes")
-        return io.BytesIO(data)
+        return io.BytesIO(self._zip.read(source.member))
 
     def __exit__(self, *exc_info) -> None:
         if self._zip is not None:
-            self._zip.close()
+            self._zip.__exit__(*exc_info)
 
 
 def _has_dicom_prefix(path: str) -> bool:
     """True if the file has the DICOM Part 10 prefix ('DICM' after the 128-byte preamble)."""
     with open(path, "rb") as handle:
         return handle.read(132)[128:] == b"DICM"
-
-
-def _original_transfer_syntax(dataset: Dataset) -> UID:
-    implicit, little = getattr(dataset, "original_encoding", (False, True))
-    if implicit:
-        return ImplicitVRLittleEndian
-    return ExplicitVRLittleEndian if little else ExplicitVRBigEndian
-
-
-def parse_dicom(handle: BinaryIO, *, defer_pixels: bool) -> Dataset | None:
-    """The dataset in `handle`, or None if it is not DICOM. Files without preamble are read too;
-    a missing Transfer Syntax UID is filled in from the encoding pydicom detected."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        defer = 4096 if defer_pixels else None
-        try:
-            try:
-                dataset = pydicom.dcmread(handle, defer_size=defer)
-            except InvalidDicomError:
-                handle.seek(0)
-                dataset = pydicom.dcmread(handle, defer_size=defer, force=True)
-            sop_class, modality = str(dataset.get("SOPClassUID", "") or ""), str(dataset.get("Modality", "") or "")
-            if not sop_class and not modality:
-                return None
-        except Exception:  # noqa: BLE001 - pydicom raises many types on garbage; reading the values parses them
-            return None
-    if not hasattr(dataset, "file_meta"):
-        dataset.file_meta = FileMetaDataset()
-    if "TransferSyntaxUID" not in dataset.file_meta:
-        dataset.file_meta.TransferSyntaxUID = _original_transfer_syntax(dataset)
-    return dataset
-
-
-def skip_reason(dataset: Dataset) -> str | None:
-    """Why a DICOM dataset is not a CT image to deblur (a short count key), or None if it is one."""
-    sop_class = str(dataset.get("SOPClassUID", "") or "")
-    if sop_class == MediaStorageDirectoryStorage:
-        return "DICOMDIR"
-    modality = str(dataset.get("Modality", "") or "").strip()
-    if modality != "CT" and not (not modality and sop_class in CT_SOP_CLASSES):
-        kind = "image" if "PixelData" in dataset else "object"
-        return f"non-CT {kind} (Modality {modality or 'missing'})"
-    if sop_class and sop_class not in CT_SOP_CLASSES:
-        return f"CT object that is not a CT image ({UID(sop_class).name})"
-    if "PixelData" not in dataset:
-        return "CT object without pixel data"
-    image_type = [str(v).upper() for v in _values(dataset.get("ImageType"))]
-    if len(image_type) > 2 and image_type[2] == "LOCALIZER":
-        return "localizer (scout) image"
-    return None
-
-
-def _values(value) -> list:
-    if value is None:
-        return []
-    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
-        return list(value)
-    return [value]
-
-
-@dataclasses.dataclass(frozen=True)
-class Frame:
-    """One CT slice to deblur: a single-frame file, or frame `frame_index` of a multi-frame file.
-
-    position_mm: ImagePositionPatient (x, y, z) of the first pixel (mm).
-    orientation: ImageOrientationPatient (row cosines, column cosines).
-    pixel_spacing_mm: (between rows, between columns) (mm).
-    rescale: (slope, intercept): HU = stored * slope + intercept.
-    """
-
-    source: Source
-    frame_index: int | None
-    rows: int
-    columns: int
-    position_mm: tuple[float, float, float]
-    orientation: tuple[float, ...]
-    pixel_spacing_mm: tuple[float, float]
-    slice_thickness_mm: float | None
-    instance_number: int | None
-    rescale: tuple[float, float]
-
-    @property
-    def normal(self) -> np.ndarray:
-        row, column = np.asarray(self.orientation[:3]), np.asarray(self.orientation[3:])
-        return np.cross(row, column)
-
-
-def _functional_item(dataset: Dataset, frame_index: int, sequence: str) -> Dataset | None:
-    """The item of functional group `sequence` for a frame: per-frame first, then shared."""
-    for groups, index in (("PerFrameFunctionalGroupsSequence", frame_index), ("SharedFunctionalGroupsSequence", 0)):
-        items = dataset.get(groups)
-        if items is not None and len(items) > index:
-            group = items[index].get(sequence)
-            if group is not None and len(group) > 0:
-                return group[0]
-    return None
-
-
-def _floats(value, count: int, name: str, tag: str) -> tuple[float, ...]:
-    values = _values(value)
-    try:
-        floats = tuple(float(v) for v in values)
-    except (TypeError, ValueError) as error:
-        raise SeriesError(f"{name} has an unreadable {tag} {values!r}") from error
-    if len(floats) != count or not all(math.isfinite(v) for v in floats):
-        raise SeriesError(f"{name} has {tag} {values!r}; {count} numbers are needed")
-    return floats
-
-
-def _rescale(item: Dataset | None, name: str, missing_rescale: str) -> tuple[float, float]:
-    slope = item.get("RescaleSlope") if item is not None else None
-    intercept = item.get("RescaleIntercept") if item is not None else None
-    if slope in (None, "") or intercept in (None, ""):
-        if missing_rescale == "identity":
-            return 1.0, 0.0
-        raise SeriesError(f"{name} has no RescaleSlope/RescaleIntercept, so its HU are unknown; if its stored "
-                          "values are HU already, pass --missing_rescale identity")
-    values = _floats([slope, intercept], 2, name, "RescaleSlope/RescaleIntercept")
-    if values[0] == 0:
-        raise SeriesError(f"{name} has RescaleSlope 0")
-    return values
-
-
-def _optional_float(value) -> float | None:
-    try:
-        return float(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
-        return None
-
-
-def _optional_int(value) -> int | None:
-    try:
-        return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
-        return None
-
-
-def dataset_frames(dataset: Dataset, source: Source, missing_rescale: str = "error") -> list[Frame]:
-    """The frames of a CT image dataset with their geometry and rescale (SeriesError if missing)."""
-    name = source.name
-    if int(dataset.get("SamplesPerPixel", 1) or 1) != 1:
-        raise SeriesError(f"{name} is a CT image with {dataset.SamplesPerPixel} samples per pixel; grayscale is needed")
-    if "ModalityLUTSequence" in dataset:
-        raise SeriesError(f"{name} maps stored values to HU with a Modality LUT, which is not supported")
-    rows, columns = int(dataset.get("Rows", 0) or 0), int(dataset.get("Columns", 0) or 0)
-    if rows < 1 or columns < 1:
-        raise SeriesError(f"{name} has no Rows/Columns")
-    if not dataset.get("SOPInstanceUID"):
-        raise SeriesError(f"{name} has no SOPInstanceUID")
-    instance = _optional_int(dataset.get("InstanceNumber"))
-    frames_count = _optional_int(dataset.get("NumberOfFrames")) or 1
-    multiframe = str(dataset.get("SOPClassUID", "")) in MULTIFRAME_CT_SOP_CLASSES or "PerFrameFunctionalGroupsSequence" in dataset
-    frames = []
-    for index in range(frames_count):
-        if multiframe:
-            position_item = _functional_item(dataset, index, "PlanePositionSequence")
-            orientation_item = _functional_item(dataset, index, "PlaneOrientationSequence")
-            measures_item = _functional_item(dataset, index, "PixelMeasuresSequence")
-            rescale_item = _functional_item(dataset, index, "PixelValueTransformationSequence") or dataset
-            where = f"{name} (frame {index + 1})"
-        elif frames_count > 1:
-            raise SeriesError(f"{name} has {frames_count} frames but no per-frame functional groups "
-                              f"(SOP class {UID(str(dataset.get('SOPClassUID', ''))).name}); cannot place its frames")
-        else:
-            position_item = orientation_item = measures_item = rescale_item = dataset
-            where = name
-        for item, tag in ((position_item, "ImagePositionPatient"), (orientation_item, "ImageOrientationPatient"),
-                          (measures_item, "PixelSpacing")):
-            if item is None or item.get(tag) is None:
-                raise SeriesError(f"{where} has no {tag}: its geometry is unknown, so no derived series with the "
-                                  "same geometry can be written")
-        orientation = _floats(orientation_item.ImageOrientationPatient, 6, where, "ImageOrientationPatient")
-        normal = np.cross(orientation[:3], orientation[3:])
-        if not 0.99 < float(np.linalg.norm(normal)) < 1.01:
-            raise SeriesError(f"{where} has ImageOrientationPatient {list(orientation)} whose row and column "
-                              "directions are not orthogonal unit vectors")
-        spacing = _floats(measures_item.PixelSpacing, 2, where, "PixelSpacing")
-        if min(spacing) <= 0:
-            raise SeriesError(f"{where} has PixelSpacing {list(spacing)}; positive values are needed")
-        frames.append(Frame(
-            source=source,
-            frame_index=index if multiframe else None,
-            rows=rows,
-            columns=columns,
-            position_mm=_floats(position_item.ImagePositionPatient, 3, where, "ImagePositionPatient"),
-            orientation=orientation,
-            pixel_spacing_mm=spacing,
-            slice_thickness_mm=_optional_float(measures_item.get("SliceThickness")),
-            instance_number=instance,
-            rescale=_rescale(rescale_item, where, missing_rescale),
-        ))
-    return frames
 
 
 @dataclasses.dataclass(frozen=True)
@@ -389,59 +131,6 @@ class SeriesInfo:
     description: str
     series_number: int | None
     frames: tuple[Frame, ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class CTSeries:
-    """The CT series to deblur: frames sorted along the slice normal, consistent in size and geometry.
-
-    tilt_deg: angle between the slice stacking direction and the slice normal (gantry tilt), 0 for
-    one slice. slice_spacing_mm: distances between consecutive slices along the normal (mm).
-    """
-
-    series_uid: str
-    description: str
-    series_number: int | None
-    frames: tuple[Frame, ...]
-    tilt_deg: float
-    slice_spacing_mm: tuple[float, ...]
-
-    @property
-    def rows(self) -> int:
-        return self.frames[0].rows
-
-    @property
-    def columns(self) -> int:
-        return self.frames[0].columns
-
-    @property
-    def multiframe(self) -> bool:
-        return self.frames[0].frame_index is not None
-
-    @property
-    def normal(self) -> np.ndarray:
-        return self.frames[0].normal
-
-    def objects(self) -> list[tuple[Source, list[Frame]]]:
-        """The input files holding the frames, ordered by their first frame's place in the stack;
-        each with its frames in file order."""
-        by_source: dict[Source, list[Frame]] = {}
-        for frame in self.frames:
-            by_source.setdefault(frame.source, []).append(frame)
-        return [(source, sorted(frames, key=lambda f: f.frame_index or 0)) for source, frames in by_source.items()]
-
-    def regular_grid_problem(self) -> str | None:
-        """Why the slices do not form a regular 3-D grid (tilt, uneven or repeated positions), or None."""
-        if self.tilt_deg > TILT_TOLERANCE_DEG:
-            return f"the slices are stacked {self.tilt_deg:.1f} degrees off their normal (gantry tilt)"
-        if not self.slice_spacing_mm:
-            return None
-        low, high = min(self.slice_spacing_mm), max(self.slice_spacing_mm)
-        if low <= SPACING_TOLERANCE_MM:
-            return "two or more slices share one position"
-        if high - low > REGULAR_SPACING_TOLERANCE * high:
-            return f"the distance between slices varies from {low:.3f} to {high:.3f} mm"
-        return None
 
 
 @dataclasses.dataclass
@@ -465,7 +154,8 @@ class ScanReport:
 
 def scan_input(files: InputFiles, missing_rescale: str = "error", progress=None) -> tuple[list[SeriesInfo], ScanReport]:
     """Reads the headers of all input files (not the pixels); returns the CT series found and
-    the counts of skipped files. `progress` is called once per file."""
+    the counts of skipped files. `progress` is called once per file. Raises CTInputError for a
+    CT image that cannot be read (no SeriesInstanceUID, no rescale, unknown geometry, ...)."""
     report = ScanReport(files=len(files.sources))
     for reason, count in files.skipped.items():
         report.skipped[reason] += count
@@ -476,25 +166,26 @@ def scan_input(files: InputFiles, missing_rescale: str = "error", progress=None)
         if progress is not None:
             progress()
         with files.open(source) as handle:
-            dataset = parse_dicom(handle, defer_pixels=True)
-            if dataset is None:
+            try:
+                dataset = parse_dicom(handle, source.name, defer_pixels=True)
+            except CTInputError:
                 report.skip("not DICOM", source.name)
                 continue
-            reason = skip_reason(dataset)
-            if reason is not None:
-                report.skip(reason, source.name)
+            skipped = skip_reason(dataset)
+            if skipped is not None:
+                report.skip(skipped[1], source.name)
                 continue
             series_uid = str(dataset.get("SeriesInstanceUID", "") or "")
             if not series_uid:
-                raise SeriesError(f"{source.name} is a CT image without SeriesInstanceUID")
+                raise CTInputError("missing_series_uid", f"{source.name} is a CT image without SeriesInstanceUID")
             sop_uid = str(dataset.get("SOPInstanceUID", "") or "")
             if sop_uid in seen_sops:
                 report.skip("repeated SOP Instance UID (same image twice)", source.name)
                 continue
             seen_sops.add(sop_uid)
-            by_series.setdefault(series_uid, []).extend(dataset_frames(dataset, source, missing_rescale))
+            by_series.setdefault(series_uid, []).extend(dataset_frames(dataset, source, source.name, missing_rescale))
             descriptions.setdefault(series_uid, (str(dataset.get("SeriesDescription", "") or ""),
-                                                 _optional_int(dataset.get("SeriesNumber"))))
+                                                 optional_int(dataset.get("SeriesNumber"))))
     series = [SeriesInfo(uid, descriptions[uid][0], descriptions[uid][1], tuple(frames))
               for uid, frames in by_series.items()]
     return series, report
@@ -525,91 +216,19 @@ def select_series(series: Sequence[SeriesInfo], report: ScanReport, input_path: 
     return series[0]
 
 
-def _groups_text(frames: Sequence[Frame], key, label) -> str:
-    groups: dict = {}
-    for frame in frames:
-        groups.setdefault(key(frame), []).append(frame)
-    return ", ".join(f"{label(value)} ({len(members)} images, e.g. {members[0].source.name})"
-                     for value, members in sorted(groups.items(), key=lambda item: -len(item[1])))
-
-
-def check_series(info: SeriesInfo) -> CTSeries:
-    """Checks one size, one orientation and one pixel spacing; sorts the frames along the normal.
-
-    Raises SeriesError naming the groups of images that disagree.
-    """
-    frames = list(info.frames)
-    uid = info.series_uid
-    kinds = {frame.frame_index is None for frame in frames}
-    if len(kinds) > 1:
-        raise SeriesError(f"series {uid} mixes single-frame and multi-frame CT images; deblur them separately")
-    if len({(f.rows, f.columns) for f in frames}) > 1:
-        raise SeriesError(f"series {uid} mixes image sizes: "
-                          f"{_groups_text(frames, lambda f: (f.rows, f.columns), lambda v: f'{v[0]}x{v[1]}')}; "
-                          "put the images of one size in a directory of their own")
-    reference = np.asarray(frames[0].orientation)
-    if any(np.max(np.abs(np.asarray(f.orientation) - reference)) > ORIENTATION_TOLERANCE for f in frames):
-        raise SeriesError(f"series {uid} mixes image orientations: "
-                          f"{_groups_text(frames, lambda f: tuple(round(v, 3) for v in f.orientation), list)}")
-    spacing = np.asarray(frames[0].pixel_spacing_mm)
-    if any(np.max(np.abs(np.asarray(f.pixel_spacing_mm) - spacing)) > SPACING_TOLERANCE_MM for f in frames):
-        raise SeriesError(f"series {uid} mixes pixel spacings: "
-                          f"{_groups_text(frames, lambda f: tuple(round(v, 4) for v in f.pixel_spacing_mm), list)}")
-    normal = frames[0].normal
-    ordered = sorted(frames, key=lambda f: (float(np.dot(f.position_mm, normal)), f.instance_number or 0,
-                                            f.source.name, f.frame_index or 0))
-    positions = np.asarray([f.position_mm for f in ordered])
-    along = positions @ normal
-    tilt = 0.0
-    stack = positions[-1] - positions[0]
-    if np.linalg.norm(stack) > SPACING_TOLERANCE_MM:
-        tilt = math.degrees(math.acos(min(1.0, abs(float(np.dot(stack, normal))) / float(np.linalg.norm(stack)))))
-    return CTSeries(uid, info.description, info.series_number, tuple(ordered), tilt,
-                    tuple(float(d) for d in np.diff(along)))
-
-
-def hu_from_stored(stored: np.ndarray, slope: float, intercept: float) -> np.ndarray:
-    """HU (float32, same layout) of stored pixel values: stored * slope + intercept."""
-    return (stored.astype(np.float64) * slope + intercept).astype(np.float32)
-
-
-def stored_from_hu(hu: np.ndarray, slope: float, intercept: float) -> tuple[np.ndarray, np.ndarray]:
-    """(int16 stored values, bool mask of clipped pixels) of HU: round((hu - intercept) / slope),
-    clipped to the int16 range, i.e. to HU [-32768, 32767] * slope + intercept."""
-    stored = np.rint((hu.astype(np.float64) - intercept) / slope)
-    clipped = (stored < INT16_MIN) | (stored > INT16_MAX)
-    return np.clip(stored, INT16_MIN, INT16_MAX).astype(np.int16), clipped
-
-
-def padding_mask(dataset: Dataset, stored: np.ndarray) -> np.ndarray | None:
-    """Pixels equal to PixelPaddingValue or between it and PixelPaddingRangeLimit (stored values),
-    or None without padding. A value written unsigned for signed pixels is read as its int16."""
-    value = _optional_int(dataset.get("PixelPaddingValue"))
-    if value is None:
-        return None
-    limit = _optional_int(dataset.get("PixelPaddingRangeLimit"))
-    signed = int(dataset.get("PixelRepresentation", 0) or 0) == 1
-    bits = int(dataset.get("BitsAllocated", 16) or 16)
-
-    def as_stored(v: int) -> int:
-        return v - (1 << bits) if signed and v >= (1 << (bits - 1)) else v
-
-    if limit is None:
-        return stored == as_stored(value)
-    low, high = sorted((as_stored(value), as_stored(limit)))
-    return (stored >= low) & (stored <= high)
+def checked_series(info: SeriesInfo) -> CTSeries:
+    """The series to deblur, consistent and sorted along the normal (`ct_io.series.check_series`)."""
+    return check_series(info.series_uid, info.frames, info.description, info.series_number)
 
 
 def output_padding_value(dataset: Dataset) -> int | None:
     """PixelPaddingValue of the derived (signed int16) dataset: the input's when it fits int16,
     else -32768; None when the input has no padding."""
-    value = _optional_int(dataset.get("PixelPaddingValue"))
+    value = optional_int(dataset.get("PixelPaddingValue"))
     if value is None:
         return None
-    signed = int(dataset.get("PixelRepresentation", 0) or 0) == 1
-    bits = int(dataset.get("BitsAllocated", 16) or 16)
-    if signed and value >= (1 << (bits - 1)):
-        value -= 1 << bits
+    value = as_stored_value(value, int(dataset.get("PixelRepresentation", 0) or 0) == 1,
+                            int(dataset.get("BitsAllocated", 16) or 16))
     return value if INT16_MIN <= value <= INT16_MAX else INT16_MIN
 
 
@@ -625,31 +244,12 @@ class DecodedObject:
 
 
 def decode_object(files: InputFiles, source: Source, frames: Sequence[Frame]) -> DecodedObject:
-    """Reads one file fully and decodes its pixels to HU (SeriesError naming the file if it fails)."""
+    """Reads one file fully and decodes its frames' HU and padding (CTInputError naming the file
+    if it fails)."""
     with files.open(source) as handle:
-        dataset = parse_dicom(handle, defer_pixels=False)
-    if dataset is None:
-        raise SeriesError(f"{source.name} could not be read again (was it changed during the run?)")
-    transfer_syntax = dataset.file_meta.get("TransferSyntaxUID")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            stored = np.asarray(dataset.pixel_array)
-    except Exception as error:  # decoders raise many types
-        raise SeriesError(f"cannot decode the pixels of {source.name} (transfer syntax "
-                          f"{getattr(transfer_syntax, 'name', transfer_syntax)}): {type(error).__name__}: {error}") from error
-    count = _optional_int(dataset.get("NumberOfFrames")) or 1
-    expected = (count, frames[0].rows, frames[0].columns)
-    if stored.size != math.prod(expected):
-        raise SeriesError(f"{source.name}: decoded pixels have shape {stored.shape}, expected {expected}")
-    stored = stored.reshape(expected)
-    indices = [frame.frame_index or 0 for frame in frames]
-    stored = stored[indices]
-    hu = np.stack([hu_from_stored(stored[i], *frame.rescale) for i, frame in enumerate(frames)])
-    mask = padding_mask(dataset, stored)
-    if mask is None:
-        mask = np.zeros(stored.shape, bool)
-    return DecodedObject(source, dataset, tuple(frames), hu, mask)
+        dataset = parse_dicom(handle, source.name)
+    hu, padding = frames_hu(dataset, list(frames), source.name)
+    return DecodedObject(source, dataset, tuple(frames), hu, padding)
 
 
 def iter_decoded(files: InputFiles, series: CTSeries) -> Iterator[DecodedObject]:
@@ -683,7 +283,7 @@ def _derived_type(values, multiframe: bool) -> list[str]:
     """Image Type / Frame Type of the output: value 1 DERIVED; value 2 SECONDARY for a CT Image,
     PRIMARY for (Legacy Converted) Enhanced CT, whose IODs allow no other value 2; the input's
     further values kept."""
-    values = [str(v) for v in _values(values)]
+    values = [str(v) for v in values_of(values)]
     values += [""] * (2 - len(values))
     return ["DERIVED", "PRIMARY" if multiframe else "SECONDARY", *values[2:]]
 

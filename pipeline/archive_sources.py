@@ -21,13 +21,14 @@ from apache_beam.metrics import Metrics
 from pipeline.archives.idc import IdcSeriesRecord, idc_series_files
 from pipeline.archives.registration import (
     SeriesVolumeError,
+    read_ct_series,
     read_series_volume,
     register_fb_to_dibh,
+    series_volume,
 )
 from pipeline.archives.series import ArchiveError, SeriesListing
 from pipeline.archives.tcia import fetch_series
 from pipeline.config import PipelineConfig
-from pipeline.dicom_hu import SliceRejected, read_dataset
 from pipeline.files import list_files, read_bytes, write_bytes
 from pipeline.planning import InputFile, Rejection
 
@@ -123,18 +124,6 @@ def _series_paths(directory: str) -> list[str]:
     return sorted(m.path for m in FileSystems.match([list_files(directory)])[0].metadata_list)
 
 
-def _slice_order(paths: list[str]) -> list[tuple[str, str]]:
-    """(path, SOPInstanceUID) of a series' files in the order `read_series_volume` stacks them."""
-    rows = []
-    for path in paths:
-        dataset = read_dataset(read_bytes(path), path)
-        orientation = np.asarray(dataset.ImageOrientationPatient, float)
-        normal = np.cross(orientation[:3], orientation[3:])
-        rows.append((float(np.dot(np.asarray(dataset.ImagePositionPatient, float), normal)), path,
-                     str(dataset.SOPInstanceUID)))
-    return [(path, uid) for _, path, uid in sorted(rows)]
-
-
 def registered_slices(fb_volume_path: str) -> dict[str, np.ndarray]:
     """SOPInstanceUID of a DIBH slice -> FB resampled onto it (int16 HU [H, W])."""
     with np.load(io.BytesIO(read_bytes(fb_volume_path)), allow_pickle=False) as archive:
@@ -154,14 +143,18 @@ class RegisterPairFn(beam.DoFn):
 
         try:
             fb_paths, dibh_paths = _series_paths(row.fb_series), _series_paths(row.dibh_series)
-            fb, dibh = read_series_volume(fb_paths), read_series_volume(dibh_paths)
-            ordered = _slice_order(dibh_paths)
+            dibh_series, dibh_hu = read_ct_series(dibh_paths)
+            fb, dibh = read_series_volume(fb_paths), series_volume(dibh_series, dibh_hu)
             fb_hu, result = register_fb_to_dibh(fb, dibh, self.config.registration, row.transform or None)
-        except (SeriesVolumeError, SliceRejected) as error:
+        except SeriesVolumeError as error:
             yield beam.pvalue.TaggedOutput(REJECTED, self._reject(row, error.reason, error.detail))
             return
         except (OSError, ValueError) as error:
             yield beam.pvalue.TaggedOutput(REJECTED, self._reject(row, "unreadable_pair", f"{type(error).__name__}: {error}"))
+            return
+        if dibh_series.multiframe:
+            yield beam.pvalue.TaggedOutput(REJECTED, self._reject(
+                row, "multiframe_dibh", "registered pairs need the breath-hold series as single-frame files"))
             return
         summary = (f"NCC inside body {result.ncc_body:.3f}, body overlap {result.body_overlap:.2f}, "
                    f"translation {np.round(result.translation_mm, 2).tolist()} mm, "
@@ -174,6 +167,7 @@ class RegisterPairFn(beam.DoFn):
         usable = set(result.usable_slices)
         volume_path = FileSystems.join(self.work_dir, f"{row.pair_id}.npz")
         buffer = io.BytesIO()
+        ordered = [(frame.source, frame.sop_instance_uid) for frame in dibh_series.frames]
         np.savez(buffer, sop_instance_uids=np.asarray([uid for z, (_, uid) in enumerate(ordered) if z in usable]),
                  fb_hu=to_int16_hu(fb_hu[sorted(usable)]))
         write_bytes(volume_path, buffer.getvalue())

@@ -16,9 +16,10 @@ import dataclasses
 import math
 from typing import Iterable, Mapping, Sequence
 
+from ct_io.series import slice_order_key
 from pipeline.config import PipelineConfig
-from pipeline.dicom_hu import SliceHeader
 from pipeline.hashing import patient_key, stable_hash
+from pipeline.slice_scan import SliceHeader
 from tfrecords_schema import split_dir
 
 
@@ -122,22 +123,24 @@ def assemble_series(
 ) -> tuple[SeriesSlices | None, list[Rejection]]:
     """Orders and validates one series' slices; returns (series or None, rejections).
 
-    Duplicate SOP instances keep the first file by path; mixed matrix sizes or patient IDs reject
-    the whole series; slices with a body fraction below `min_body_fraction` are unselected.
+    Duplicate SOP instances (frames of one) keep the first file by path; mixed matrix sizes or
+    patient IDs reject the whole series; slices are ordered by `ct_io.series.slice_order_key`;
+    slices with a body fraction below `min_body_fraction` are unselected.
     """
-    ordered = sorted(members, key=lambda member: member[0].path)
+    ordered = sorted(members, key=lambda member: (member[0].path, member[1].frame_index or 0))
     rejections: list[Rejection] = []
     kept: list[tuple[InputFile, SliceHeader]] = []
-    seen: dict[str, str] = {}
+    seen: dict[tuple[str, int | None], str] = {}
     for source, header in ordered:
-        if header.sop_instance_uid in seen:
+        instance = (header.sop_instance_uid, header.frame_index)
+        if instance in seen:
             rejections.append(Rejection(
                 header.path, "duplicate_sop_instance",
-                f"SOPInstanceUID {header.sop_instance_uid} already read from {seen[header.sop_instance_uid]}",
+                f"SOPInstanceUID {header.sop_instance_uid} already read from {seen[instance]}",
                 "series", series_uid, header.sop_instance_uid,
             ))
             continue
-        seen[header.sop_instance_uid] = header.path
+        seen[instance] = header.path
         kept.append((source, header))
     if not kept:
         return None, rejections
@@ -155,11 +158,7 @@ def assemble_series(
     if len(patients) > 1:
         return reject_all("mixed_patient_ids", f"series {series_uid} mixes PatientIDs {patients}")
 
-    kept.sort(key=lambda m: (
-        m[1].position_mm if m[1].position_mm is not None else math.inf,
-        m[1].instance_number if m[1].instance_number is not None else math.inf,
-        m[1].path,
-    ))
+    kept.sort(key=lambda m: slice_order_key(m[1].position_mm, m[1].instance_number, m[1].path, m[1].frame_index))
     slices = tuple(h for _, h in kept)
     eligible = []
     for index, header in enumerate(slices):

@@ -21,7 +21,7 @@ from pipeline.archives.idc import (
     series_root,
 )
 from pipeline.archives.series import ArchiveError, SeriesFilter
-from pipeline.dicom_hu import read_slice_hu, scan_slice
+from pipeline.slice_scan import read_file_hu, scan_file
 from pipeline.files import read_bytes
 from pipeline.phantom import phantom_dataset, phantom_series
 from tests.conftest import dicom_bytes
@@ -79,14 +79,14 @@ def test_index_subset_lists_ct_series_and_files_are_read_through_the_bucket_root
 
     paths = idc_series_files(first, bucket_root=str(root))
     assert len(paths) == 5 and all(p.startswith(f"{root}/{first.crdc_series_uuid}/") for p in paths)
-    headers = [scan_slice(read_bytes(p), p, -500.0) for p in paths]
+    headers = [scan_file(read_bytes(p), p, -500.0)[0] for p in paths]
     assert {h.series_uid for h in headers} == {first.series_uid}
     expected = phantom_series(0, 5, 48, seed=7)
     by_sop = {h.sop_instance_uid: p for h, p in zip(headers, paths)}
     for index in range(5):
         data = read_bytes(by_sop[expected.uid("sop", index)])
         assert data == dicom_bytes(phantom_dataset(expected, index))
-    assert read_slice_hu(read_bytes(paths[0]), paths[0]).shape == (48, 48)
+    assert read_file_hu(read_bytes(paths[0]), paths[0]).shape == (1, 48, 48)
 
     with pytest.raises(ArchiveError) as caught:
         idc_series_files(listing.kept[2], bucket_root=str(root))

@@ -16,7 +16,8 @@ import zipfile
 
 import pytest
 
-from pipeline.archives.safe_zip import ZipLimits, extract_zip, safe_member_name
+from ct_io.errors import CTInputError
+
 from pipeline.archives.series import SeriesFilter, SeriesRecord, collection_names, filter_series
 from pipeline.archives.tcia import (
     COMPLETE_MARKER,
@@ -29,7 +30,7 @@ from pipeline.archives.tcia import (
     list_series,
     retry_after_s,
 )
-from pipeline.dicom_hu import SliceRejected, read_slice_hu
+from pipeline.slice_scan import read_file_hu
 from pipeline.phantom import phantom_dataset
 from tests.conftest import dicom_bytes
 from tests.nbia_standin import (
@@ -150,7 +151,7 @@ def test_good_series_is_fetched_verified_and_then_served_from_the_cache(standin,
     assert len(paths) == 6 and all(p.startswith(str(tmp_path / "cache" / GOOD.series_uid)) for p in paths)
     expected = {hashlib.md5(dicom_bytes(phantom_dataset(GOOD.phantom, i))).hexdigest() for i in range(6)}
     assert {hashlib.md5(open(p, "rb").read()).hexdigest() for p in paths} == expected
-    assert read_slice_hu(open(paths[0], "rb").read(), paths[0]).shape == (64, 64)
+    assert read_file_hu(open(paths[0], "rb").read(), paths[0]).shape == (1, 64, 64)
     assert os.path.isfile(tmp_path / "cache" / GOOD.series_uid / COMPLETE_MARKER)
     assert scratch_left(tmp_path / "work") == set()
 
@@ -301,8 +302,8 @@ def test_non_dicom_member_is_extracted_for_the_pipeline_to_dead_letter(standin, 
     paths = fetch_series(record_of(FAULTY["non_dicom"]), config)
     assert len(paths) == 7
     note = next(p for p in paths if p.endswith(NON_DICOM_NAME))
-    with pytest.raises(SliceRejected) as caught:
-        read_slice_hu(open(note, "rb").read(), note)
+    with pytest.raises(CTInputError) as caught:
+        read_file_hu(open(note, "rb").read(), note)
     assert caught.value.reason == "not_dicom"
 
 
@@ -328,33 +329,6 @@ def test_retry_after_and_backoff_arithmetic():
 
     assert [backoff_s(a, config, Fixed(1.0)) for a in range(1, 6)] == [1.0, 2.0, 4.0, 8.0, 8.0]
     assert backoff_s(3, config, Fixed(0.0)) == 2.0
-
-
-def test_safe_zip_refuses_escapes_duplicates_and_bombs(tmp_path):
-    assert safe_member_name("a/./b\\c.dcm") == "a/b/c.dcm"
-    for name in ("../x.dcm", "a/../../x.dcm", "/etc/x", "C:/x.dcm", "..\\x.dcm"):
-        with pytest.raises(ArchiveError) as caught:
-            safe_member_name(name)
-        assert caught.value.reason == "zip_slip"
-    duplicate = tmp_path / "dup.zip"
-    with zipfile.ZipFile(duplicate, "w") as archive:
-        archive.writestr("a.dcm", b"1")
-        archive.writestr("./a.dcm", b"2")
-    with pytest.raises(ArchiveError, match="twice"):
-        extract_zip(str(duplicate), str(tmp_path / "out1"), ZipLimits())
-    many = tmp_path / "many.zip"
-    with zipfile.ZipFile(many, "w") as archive:
-        for index in range(5):
-            archive.writestr(f"{index}.dcm", b"x")
-    with pytest.raises(ArchiveError) as caught:
-        extract_zip(str(many), str(tmp_path / "out2"), ZipLimits(max_files=4))
-    assert caught.value.reason == "zip_bomb"
-    files = extract_zip(str(many), str(tmp_path / "out3"), ZipLimits(max_files=5))
-    assert [f.name for f in files] == [f"{i}.dcm" for i in range(5)] and files[0].md5 == hashlib.md5(b"x").hexdigest()
-    (tmp_path / "junk.zip").write_bytes(b"PK\x03\x04 not really")
-    with pytest.raises(ArchiveError) as caught:
-        extract_zip(str(tmp_path / "junk.zip"), str(tmp_path / "out4"), ZipLimits())
-    assert caught.value.reason == "bad_zip"
 
 
 def test_config_validation_names_the_bad_setting():

@@ -31,14 +31,10 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from ct_io.dicom import dataset_padding
+from ct_io.hu import stored_from_hu
+from ct_io.series import CTSeries, Frame, check_series
 from model.deblur import main
-from model.dicom_series import (
-    CTSeries,
-    Frame,
-    Source,
-    padding_mask,
-    stored_from_hu,
-)
 from pipeline.phantom import phantom_dataset, phantom_series
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -585,19 +581,17 @@ def test_padding_value_written_unsigned_matches_signed_pixels():
     dataset.PixelRepresentation, dataset.BitsAllocated = 1, 16
     dataset.PixelPaddingValue = 63536
     stored = np.array([[-2000, 0], [100, -2000]], np.int16)
-    np.testing.assert_array_equal(padding_mask(dataset, stored), [[True, False], [False, True]])
+    np.testing.assert_array_equal(dataset_padding(dataset, stored), [[True, False], [False, True]])
     dataset.PixelPaddingRangeLimit = 0
-    np.testing.assert_array_equal(padding_mask(dataset, stored), [[True, True], [False, True]])
+    np.testing.assert_array_equal(dataset_padding(dataset, stored), [[True, True], [False, True]])
 
 
 def test_slices_sort_along_the_normal_not_by_instance_number():
     def frame(z: float, instance: int) -> Frame:
-        return Frame(Source(f"{instance}", f"{instance}"), None, 4, 4, (0.0, 0.0, z),
+        return Frame(f"{instance}", f"{instance}", f"1.2.{instance}", None, 4, 4, (0.0, 0.0, z),
                      (1.0, 0.0, 0.0, 0.0, -1.0, 0.0), (1.0, 1.0), 1.0, instance, (1.0, -1024.0))
 
-    from model.dicom_series import SeriesInfo, check_series
-
-    series: CTSeries = check_series(SeriesInfo("1.2", "", 1, (frame(0.0, 1), frame(-2.0, 2), frame(2.0, 3))))
+    series: CTSeries = check_series("1.2", (frame(0.0, 1), frame(-2.0, 2), frame(2.0, 3)))
     assert [f.position_mm[2] for f in series.frames] == [2.0, 0.0, -2.0]
     assert series.slice_spacing_mm == (2.0, 2.0) and series.regular_grid_problem() is None
 

@@ -3,7 +3,7 @@ import collections
 import pytest
 
 from pipeline.config import config_from_dict
-from pipeline.dicom_hu import SliceHeader
+from pipeline.slice_scan import SliceHeader
 from pipeline.planning import (
     InputFile,
     assemble_series,

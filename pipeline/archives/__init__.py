@@ -9,7 +9,8 @@
   gate that rejects poor pairs.
 - `series`: what they share: `SeriesRecord`, `SeriesFilter` / `filter_series`, `SeriesListing`,
   `ArchiveError`.
-- `safe_zip`: zip extraction that refuses zip-slip entries and size bombs.
+
+Series zips are extracted by `ct_io.zips` (zip-slip and size-bomb checks).
 
 Submodules are imported by name (`from pipeline.archives.tcia import fetch_series`), so using one
 does not load the others' dependencies (SimpleITK, pyarrow, idc-index-data).

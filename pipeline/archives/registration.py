@@ -1,8 +1,9 @@
 """Free-breathing (FB) CT registered onto breath-hold (DIBH) CT, with a quality gate.
 
-- `read_series_volume`: DICOM files of one series -> SimpleITK HU volume (float32), built with
-  the pipeline's own HU conversion (padding and out-of-field values become air), slices ordered
-  along the slice normal, geometry (origin, spacing, direction) from the DICOM headers.
+- `read_series_volume`: DICOM files of one series -> SimpleITK HU volume (float32), read as the
+  pipeline reads every slice (`pipeline.slice_scan`, `ct_io`: padding and out-of-field values
+  become air), slices ordered along the slice normal (`ct_io.series.check_series`), geometry
+  (origin, spacing, direction) from the DICOM headers.
 - `register_fb_to_dibh`: rigid (Euler 3-D, centred initialiser), then optionally affine, both
   with Mattes mutual information over a multi-resolution pyramid, on HU clamped to a window
   (metal does not squeeze the histogram). Or, when a transform file is given (any ITK transform
@@ -31,15 +32,13 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from pipeline.dicom_hu import (
-    AIR_HU,
-    SliceRejected,
-    check_ct_slice,
-    dataset_hu,
-    read_dataset,
-)
+from cli_shell.settings import setting
+from ct_io.dicom import frames_hu
+from ct_io.errors import CTInputError
+from ct_io.hu import AIR_HU, with_air
+from ct_io.series import CTSeries, check_series
 from pipeline.files import read_bytes
-from pipeline.settings import setting
+from pipeline.slice_scan import read_ct_frames
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,55 +125,63 @@ class SeriesVolumeError(Exception):
         return SeriesVolumeError, (self.reason, self.detail)
 
 
-def read_series_volume(paths: Sequence[str], spacing_tolerance: float = 0.01) -> sitk.Image:
-    """HU volume (float32, SimpleITK [x, y, z]; as an array [Z, H, W]) of one CT series.
+def read_ct_series(paths: Sequence[str], spacing_tolerance: float = 0.01) -> tuple[CTSeries, np.ndarray]:
+    """One CT series from its files (single- or multi-frame): its frames in stack order and their
+    HU float32 [Z, H, W] (the air rule applied).
 
-    `paths` are local or remote files of a single SeriesInstanceUID. Raises SeriesVolumeError:
-    unreadable_slice, mixed_series, inconsistent_geometry, duplicate_positions,
-    non_uniform_spacing, too_few_slices.
+    `paths` are local or remote files of a single SeriesInstanceUID; the slices must form a
+    regular stack (steps along the normal equal within `spacing_tolerance`, relative). Raises
+    SeriesVolumeError: unreadable_slice, mixed_series, inconsistent_geometry,
+    duplicate_positions, non_uniform_spacing, too_few_slices.
     """
-    slices = []
+    frames, hu_of, series_uids = [], {}, {}
     for path in paths:
         try:
-            dataset = read_dataset(read_bytes(path), path)
-            check_ct_slice(dataset, path)
-            hu = dataset_hu(dataset, path)
-        except SliceRejected as error:
+            dataset, file_frames = read_ct_frames(read_bytes(path), path)
+            hu, padding = frames_hu(dataset, file_frames, path)
+        except CTInputError as error:
             raise SeriesVolumeError("unreadable_slice", f"{error.reason}: {error.detail}") from error
-        orientation, position = dataset.get("ImageOrientationPatient"), dataset.get("ImagePositionPatient")
-        if orientation is None or len(orientation) != 6 or position is None or len(position) != 3:
-            raise SeriesVolumeError("inconsistent_geometry", f"{path} lacks ImageOrientationPatient or "
-                                                             "ImagePositionPatient: its place in the volume is unknown")
-        orientation = np.asarray(orientation, float)
-        slices.append((path, str(dataset.SeriesInstanceUID), orientation, np.asarray(position, float),
-                       tuple(float(s) for s in dataset.PixelSpacing), hu))
-    if len(slices) < 2:
-        raise SeriesVolumeError("too_few_slices", f"a volume needs >= 2 slices, got {len(slices)} ({list(paths)[:1]})")
-    first_path, series_uid, orientation, _, spacing, first_hu = slices[0]
-    for path, uid, other_orientation, _, other_spacing, hu in slices[1:]:
+        series_uids[path] = str(dataset.SeriesInstanceUID)
+        for frame, frame_hu, frame_padding in zip(file_frames, hu, padding):
+            frames.append(frame)
+            hu_of[(path, frame.frame_index)] = with_air(frame_hu, frame_padding)
+    if len(frames) < 2:
+        raise SeriesVolumeError("too_few_slices", f"a volume needs >= 2 slices, got {len(frames)} ({list(paths)[:1]})")
+    first_path, series_uid = next(iter(series_uids.items()))
+    for path, uid in series_uids.items():
         if uid != series_uid:
             raise SeriesVolumeError("mixed_series", f"{path} belongs to series {uid}, {first_path} to {series_uid}")
-        if (hu.shape != first_hu.shape or not np.allclose(other_orientation, orientation, atol=1e-4)
-                or not np.allclose(other_spacing, spacing, rtol=1e-4)):
-            raise SeriesVolumeError("inconsistent_geometry", f"{path} differs from {first_path} in size, orientation or "
-                                                             "pixel spacing")
-    row, column = orientation[:3] / np.linalg.norm(orientation[:3]), orientation[3:] / np.linalg.norm(orientation[3:])
-    normal = np.cross(row, column)
-    normal /= np.linalg.norm(normal)
-    slices.sort(key=lambda item: float(np.dot(item[3], normal)))
-    heights = np.array([np.dot(item[3], normal) for item in slices])
-    steps = np.diff(heights)
+    try:
+        series = check_series(series_uid, frames)
+    except CTInputError as error:
+        raise SeriesVolumeError("inconsistent_geometry", error.detail) from error
+    steps = np.asarray(series.slice_spacing_mm)
     if np.any(steps < 1e-3):
         raise SeriesVolumeError("duplicate_positions", f"series {series_uid} has two slices at the same position")
     step = float(np.median(steps))
     if np.max(np.abs(steps - step)) > spacing_tolerance * step + 1e-3:
         raise SeriesVolumeError("non_uniform_spacing", f"series {series_uid}: slice steps range {steps.min():.3f}.."
                                                        f"{steps.max():.3f} mm (gaps or mixed stacks)")
-    volume = sitk.GetImageFromArray(np.stack([item[5] for item in slices]).astype(np.float32))
-    volume.SetSpacing((spacing[1], spacing[0], step))
-    volume.SetOrigin(tuple(float(v) for v in slices[0][3]))
-    volume.SetDirection(tuple(float(v) for v in np.column_stack([row, column, normal]).ravel()))
+    return series, np.stack([hu_of[(frame.source, frame.frame_index)] for frame in series.frames])
+
+
+def series_volume(series: CTSeries, hu: np.ndarray) -> sitk.Image:
+    """SimpleITK volume of `read_ct_series`' result: spacing (column, row, slice step) in mm,
+    origin at the first slice's first pixel, direction (row, column, normal)."""
+    first = series.frames[0]
+    orientation = np.asarray(first.orientation, float)
+    row, column = orientation[:3] / np.linalg.norm(orientation[:3]), orientation[3:] / np.linalg.norm(orientation[3:])
+    volume = sitk.GetImageFromArray(hu.astype(np.float32))
+    volume.SetSpacing((first.pixel_spacing_mm[1], first.pixel_spacing_mm[0], float(np.median(series.slice_spacing_mm))))
+    volume.SetOrigin(tuple(float(v) for v in first.position_mm))
+    volume.SetDirection(tuple(float(v) for v in np.column_stack([row, column, series.normal]).ravel()))
     return volume
+
+
+def read_series_volume(paths: Sequence[str], spacing_tolerance: float = 0.01) -> sitk.Image:
+    """HU volume (float32, SimpleITK [x, y, z]; as an array [Z, H, W]) of one CT series
+    (`read_ct_series`)."""
+    return series_volume(*read_ct_series(paths, spacing_tolerance))
 
 
 _THREADS_LOCK = threading.Lock()

@@ -5,7 +5,7 @@
   ends kept or dropped with a reason.
 - `fetch_series`: `getImageWithMD5Hash?SeriesInstanceUID=<uid>` (default; every file is checked
   against the archive's md5hashes.csv) or `getImage?NewFileNames=Yes&SeriesInstanceUID=<uid>`,
-  streamed to a scratch file in 1 MiB chunks, extracted safely (`safe_zip`), then published to
+  streamed to a scratch file in 1 MiB chunks, extracted safely (`ct_io.zips`), then published to
   the cache (local or gs://). A marker written last makes a series complete: a partial download
   or extraction never counts, and a complete one is never fetched again.
 
@@ -54,13 +54,9 @@ from typing import Any, Callable, ContextManager, Iterator, TypeVar
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.archives.safe_zip import (
-    CHUNK_BYTES,
-    ExtractedFile,
-    ZipLimits,
-    extract_zip,
-    safe_member_name,
-)
+from cli_shell.settings import setting
+from ct_io.errors import CTInputError
+from ct_io.zips import CHUNK_BYTES, ExtractedFile, ZipLimits, extract_zip, safe_member_name
 from pipeline.archives.series import (
     DEFAULT_DESCRIPTION_EXCLUDE,
     ArchiveError,
@@ -70,7 +66,6 @@ from pipeline.archives.series import (
     collection_names,
     filter_series,
 )
-from pipeline.settings import setting
 
 __all__ = ["TciaConfig", "SeriesRecord", "ArchiveError", "SeriesListing", "list_series", "fetch_series",
            "cached_series", "DEFAULT_BASE_URL", "DEFAULT_COLLECTIONS"]
@@ -126,7 +121,7 @@ class TciaConfig:
 
     @property
     def zip_limits(self) -> ZipLimits:
-        return ZipLimits(self.max_uncompressed_bytes, self.max_files)
+        return ZipLimits(total_bytes=self.max_uncompressed_bytes, max_files=self.max_files)
 
     def validate(self) -> "TciaConfig":
         """Returns self, or raises ValueError naming the bad setting."""
@@ -404,7 +399,11 @@ def _md5_manifest(path: str, url: str) -> dict[str, str]:
     expected = {}
     for row in rows[1:]:
         if len(row) > max(name_at, md5_at) and row[name_at].strip():
-            expected[safe_member_name(row[name_at].strip(), f"{url}: {MD5_MANIFEST}")] = row[md5_at].strip().lower()
+            try:
+                name = safe_member_name(row[name_at].strip(), f"{url}: {MD5_MANIFEST}")
+            except CTInputError as error:
+                raise ArchiveError(error.reason, error.detail) from error
+            expected[name] = row[md5_at].strip().lower()
     return expected
 
 
@@ -494,10 +493,10 @@ def fetch_series(record: SeriesRecord, config: TciaConfig) -> list[str]:
             extracted_dir = os.path.join(scratch, "files")
             try:
                 files = extract_zip(zip_path, extracted_dir, config.zip_limits)
-            except ArchiveError as error:
+            except CTInputError as error:
                 if error.reason == "bad_zip":
                     raise _Retry("bad_zip", f"{url}: {error.detail}") from error
-                raise
+                raise ArchiveError(error.reason, error.detail) from error
             os.remove(zip_path)
             try:
                 series_files = _verify(files, extracted_dir, record, config, url)

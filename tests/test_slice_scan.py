@@ -3,21 +3,24 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from pipeline.dicom_hu import AIR_HU, SliceRejected, read_slice_hu, scan_slice
+from ct_io.errors import CTInputError
+from ct_io.hu import AIR_HU
+from pipeline.slice_scan import read_file_hu, scan_file
 from pipeline.phantom import PADDING_STORED, phantom_dataset, phantom_series
 from tests.conftest import dicom_bytes
+from tests.ct_files import ellipse_hu, enhanced_ct, unsigned_padding_slice
 
 
 def test_ct_small_hu_matches_stored_pixels_and_rescale(ct_small_path):
     dataset = pydicom.dcmread(ct_small_path)
     stored = dataset.pixel_array.astype(np.float64)
     expected = stored * float(dataset.RescaleSlope) + float(dataset.RescaleIntercept)
-    hu = read_slice_hu(open(ct_small_path, "rb").read(), ct_small_path)
+    hu = read_file_hu(open(ct_small_path, "rb").read(), ct_small_path)[0]
     assert hu.shape == (128, 128) and hu.dtype == np.float32
     valid = expected >= -1024
     np.testing.assert_allclose(hu[valid], expected[valid])
     assert float(dataset.RescaleIntercept) == -1024 and hu.max() == pytest.approx(2191 - 1024)
-    header = scan_slice(open(ct_small_path, "rb").read(), ct_small_path, -500.0)
+    header, = scan_file(open(ct_small_path, "rb").read(), ct_small_path, -500.0)
     assert header.rows == 128 and header.pixel_spacing_mm == pytest.approx((0.661468, 0.661468))
     assert header.series_uid == str(dataset.SeriesInstanceUID)
     assert 0.1 < header.body_fraction < 1.0
@@ -27,7 +30,7 @@ def test_padding_and_out_of_field_values_become_air():
     series = phantom_series(1, 4, 64, seed=0)
     dataset = phantom_dataset(series, 2)
     stored = np.frombuffer(dataset.PixelData, dtype="<i2").reshape(64, 64)
-    hu = read_slice_hu(dicom_bytes(dataset), "x.dcm")
+    hu = read_file_hu(dicom_bytes(dataset), "x.dcm")[0]
     assert (stored == PADDING_STORED).any()
     assert np.all(hu[stored == PADDING_STORED] == AIR_HU)
     assert hu.min() >= -1024
@@ -57,13 +60,13 @@ def test_phantom_series_is_real_dicom_that_simpleitk_reads(tmp_path):
 def test_phantom_tissues_have_realistic_hu():
     thorax = phantom_series(1, 20, 256, seed=0)
     dataset = phantom_dataset(thorax, 10)
-    hu = read_slice_hu(dicom_bytes(dataset), "t.dcm")
+    hu = read_file_hu(dicom_bytes(dataset), "t.dcm")[0]
     assert np.percentile(hu, 1) <= -950            # outside air
     assert np.mean((hu > -920) & (hu < -750)) > 0.03  # lungs
     assert np.mean(hu > 500) > 0.002                # bone
     soft = hu[(hu > -150) & (hu < 150)]
     assert soft.size > 0.1 * hu.size
-    head = read_slice_hu(dicom_bytes(phantom_dataset(phantom_series(0, 20, 256, seed=0), 10)), "h.dcm")
+    head = read_file_hu(dicom_bytes(phantom_dataset(phantom_series(0, 20, 256, seed=0), 10)), "h.dcm")[0]
     brain = head[(head > 0) & (head < 80)]
     assert 20 < np.median(brain) < 50
     assert np.mean(head > 900) > 0.01  # skull
@@ -76,14 +79,17 @@ def test_phantom_tissues_have_realistic_hu():
         (lambda ds: delattr(ds, "PixelData"), "missing_pixel_data"),
         (lambda ds: delattr(ds, "RescaleIntercept"), "missing_rescale"),
         (lambda ds: setattr(ds, "ImageOrientationPatient", [0, 1, 0, 0, 0, -1]), "non_axial_orientation"),
-        (lambda ds: setattr(ds, "NumberOfFrames", 3), "unsupported_multiframe"),
+        (lambda ds: setattr(ds, "NumberOfFrames", 3), "unplaceable_frames"),
+        (lambda ds: setattr(ds, "ImageType", ["ORIGINAL", "PRIMARY", "LOCALIZER"]), "localizer_image"),
+        (lambda ds: delattr(ds, "SeriesInstanceUID"), "missing_series_uid"),
+        (lambda ds: delattr(ds, "PixelSpacing"), "missing_pixel_spacing"),
     ],
 )
 def test_bad_slices_are_rejected_with_reason(mutate, reason):
     dataset = phantom_dataset(phantom_series(2, 3, 64, seed=0), 1)
     mutate(dataset)
-    with pytest.raises(SliceRejected) as error:
-        scan_slice(dicom_bytes(dataset), "bad.dcm", -500.0)
+    with pytest.raises(CTInputError) as error:
+        scan_file(dicom_bytes(dataset), "bad.dcm", -500.0)
     assert error.value.reason == reason
     assert "bad.dcm" in error.value.detail
 
@@ -92,6 +98,25 @@ def test_empty_text_and_truncated_files_are_rejected():
     good = dicom_bytes(phantom_dataset(phantom_series(2, 3, 64, seed=0), 1))
     cases = {b"": "empty_file", b"patient,notes\n1,hello\n" * 5: "not_dicom", good[: len(good) // 2]: "truncated_file"}
     for data, reason in cases.items():
-        with pytest.raises(SliceRejected) as error:
-            scan_slice(data, "f", -500.0)
+        with pytest.raises(CTInputError) as error:
+            scan_file(data, "f", -500.0)
         assert error.value.reason == reason
+
+
+def test_enhanced_ct_gives_one_header_per_frame_in_file_order():
+    dataset = enhanced_ct(4, 3, 48)
+    headers = scan_file(dicom_bytes(dataset), "enhanced.dcm", -500.0)
+    assert [h.frame_index for h in headers] == [0, 1, 2]
+    assert [h.position_mm for h in headers] == [0.0, -2.5, -5.0]
+    assert {h.sop_instance_uid for h in headers} == {str(dataset.SOPInstanceUID)}
+    assert all(h.rows == 48 and h.pixel_spacing_mm == (0.8, 0.8) and h.slice_thickness_mm == 2.5 for h in headers)
+    hu = read_file_hu(dicom_bytes(dataset), "enhanced.dcm")
+    np.testing.assert_array_equal(hu, np.stack([ellipse_hu(4, i, 48) for i in range(3)]))
+
+
+def test_padding_written_unsigned_becomes_air():
+    dataset = unsigned_padding_slice(5, 0)
+    hu = read_file_hu(dicom_bytes(dataset), "u.dcm")[0]
+    stored = np.frombuffer(dataset.PixelData, "<i2").reshape(64, 64)
+    assert (stored == -1).sum() > 100
+    assert np.all(hu[stored == -1] == AIR_HU) and np.all(hu[stored != -1] == stored[stored != -1])
