@@ -18,11 +18,15 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from cli_shell.command import UserError
 from tfrecords_schema import (
     MANIFEST_NAME,
     VALIDATION_DIR,
     SchemaVersionError,
+    SplitNotFound,
     check_schema_version,
+    find_split_shards,
+    join_path,
     parse_pair_tensors,
     tf_compression_type,
     train_dir,
@@ -32,18 +36,13 @@ AIR_HU = -1024
 """HU of the padding added around slices smaller than the crop."""
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """A dataset directory is missing, incomplete or unreadable; the message names the path."""
-
-
-def join(*parts: str) -> str:
-    """Joins path parts with '/', for local paths and gs:// URLs alike."""
-    return "/".join([parts[0].rstrip("/"), *parts[1:]])
 
 
 def read_manifest(data_dir: str) -> Mapping[str, Any] | None:
     """The dataset's manifest.json, or None when the directory has none."""
-    path = join(data_dir, MANIFEST_NAME)
+    path = join_path(data_dir, MANIFEST_NAME)
     if not tf.io.gfile.exists(path):
         return None
     try:
@@ -83,27 +82,15 @@ def count_records(files, compression: str) -> int:
 
 
 def find_split(data_dir: str, name: str, manifest: Mapping[str, Any] | None) -> Split:
-    """The split directory `name` of the dataset at `data_dir`; DatasetError if it has no shards.
-
-    The shards and pair count are the manifest's when it lists them; otherwise the directory's
-    `pairs-*.tfrecord[.gz]` files, counted by reading them.
-    """
-    compression = (manifest or {}).get("compression", "none")
-    if compression not in ("none", "gzip"):
-        raise DatasetError(f"{join(data_dir, MANIFEST_NAME)}: unknown compression {compression!r}")
-    split_info = ((manifest or {}).get("splits") or {}).get(name) or {}
-    if split_info.get("shards"):
-        files = tuple(join(data_dir, shard["file"]) for shard in split_info["shards"])
-        missing = [f for f in files if not tf.io.gfile.exists(f)]
-        if missing:
-            raise DatasetError(f"{join(data_dir, MANIFEST_NAME)} lists shards that do not exist: {', '.join(missing)}")
-    else:
-        pattern = join(data_dir, name, "pairs-*.tfrecord" + (".gz" if compression == "gzip" else ""))
-        files = tuple(sorted(tf.io.gfile.glob(pattern)))
-        if not files:
-            raise DatasetError(f"no shards match {pattern}: is {data_dir} a ctdeblur dataset with a {name}/ split?")
-    pairs = int(split_info["pairs"]) if "pairs" in split_info else count_records(files, compression)
-    return Split(name, files, pairs, compression)
+    """The split directory `name` of the dataset at `data_dir` (`tfrecords_schema.find_split_shards`);
+    DatasetError if it has no shards. A pair count the manifest does not state is counted by
+    reading the shards."""
+    try:
+        shards = find_split_shards(data_dir, name, manifest, tf.io.gfile.listdir, tf.io.gfile.exists)
+    except SplitNotFound as error:
+        raise DatasetError(str(error)) from error
+    pairs = shards.pairs if shards.pairs is not None else count_records(shards.files, shards.compression)
+    return Split(name, shards.files, pairs, shards.compression)
 
 
 def hu_to_unit(hu: tf.Tensor, window: tuple[float, float]) -> tf.Tensor:
@@ -289,6 +276,6 @@ def dataset_splits(data_dir: str, subdatasets) -> tuple[dict[int, Split], Split 
     manifest = read_manifest(data_dir)
     train = {k: find_split(data_dir, train_dir(k), manifest) for k in subdatasets}
     has_validation = VALIDATION_DIR in ((manifest or {}).get("splits") or {}) or bool(
-        tf.io.gfile.glob(join(data_dir, VALIDATION_DIR, "pairs-*")))
+        tf.io.gfile.glob(join_path(data_dir, VALIDATION_DIR, "pairs-*")))
     validation = find_split(data_dir, VALIDATION_DIR, manifest) if has_validation else None
     return train, validation

@@ -19,8 +19,9 @@ import numpy as np
 import tensorflow as tf
 
 from model.config import TrainConfig
-from model.data import hu_to_unit, join, unit_to_hu
+from model.data import hu_to_unit, unit_to_hu
 from model.networks import build_generator
+from tfrecords_schema import join_path
 
 EXPORT_INFO_NAME = "ctdeblur_generator.json"
 SIGNATURE_NAME = "deblur_hu"
@@ -67,7 +68,7 @@ def export_generator(generator: keras.Model, config: TrainConfig, export_dir: st
         input_signature=[tf.TensorSpec(shape=None, dtype=tf.float32, name="hu")],
     )
     archive.write_out(export_dir, verbose=False)
-    with tf.io.gfile.GFile(join(export_dir, EXPORT_INFO_NAME), "w") as handle:
+    with tf.io.gfile.GFile(join_path(export_dir, EXPORT_INFO_NAME), "w") as handle:
         handle.write(json.dumps({"model": config.model, "hu_window": list(config.hu_window), "signature": SIGNATURE_NAME,
                                  "config": config.to_dict(), **info}, indent=2))
 
@@ -93,7 +94,7 @@ class ExportedGenerator:
 
 def load_exported_generator(export_dir: str) -> ExportedGenerator:
     """Loads a directory written by `export_generator` (local or gs://); ExportError if it is not one."""
-    info_path = join(export_dir, EXPORT_INFO_NAME)
+    info_path = join_path(export_dir, EXPORT_INFO_NAME)
     if not tf.io.gfile.exists(info_path):
         raise ExportError(
             f"{export_dir} is not an exported ctdeblur generator: {EXPORT_INFO_NAME} is missing "

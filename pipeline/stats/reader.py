@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import tensorflow as tf
 
+from cli_shell.command import UserError
 from pipeline.stats import problems as kinds
 from pipeline.stats.config import StatsConfig
 from pipeline.stats.metrics import (
@@ -32,23 +33,22 @@ from pipeline.stats.problems import Problem
 from pipeline.stats.summary import COLUMNS, Measurements
 from tfrecords_schema import (
     MANIFEST_NAME,
-    TEST_DIR,
-    VALIDATION_DIR,
     Pair,
     PairDecodeError,
     SchemaVersionError,
     decode_pair,
+    is_split_dir,
     parse_pair_tensors,
+    parse_shard_name,
+    split_dir_order,
     tf_compression_type,
 )
 
-SHARD_FILE = re.compile(r"pairs-(\d+)-of-(\d+)\.tfrecord(\.gz)?")
-SPLIT_DIRECTORY = re.compile(r"test|validation|train-(\d+)")
 _READ_BUFFER_BYTES = 8 << 20
 _STRING_COLUMNS = ("patient_key", "series_uid", "collection", "source_kind", "split", "blur_model")
 
 
-class DatasetError(Exception):
+class NoShardsFound(UserError):
     """DIR cannot be summarised at all (not a directory, no shards): a usage error."""
 
 
@@ -80,46 +80,36 @@ class ShardResult:
     complete: bool
 
 
-def directory_order(directory: str) -> tuple[int, int]:
-    """Sort key of split directories: test first, then validation, then train-0, train-1, ... numerically."""
-    if directory == TEST_DIR:
-        return (0, 0)
-    if directory == VALIDATION_DIR:
-        return (1, 0)
-    return (2, int(directory.split("-", 1)[1]))
-
-
 def find_shards(root: str) -> tuple[list[Shard], list[Problem]]:
     """All shard files under `root`/{test,validation,train-N}/, ordered, and problems with their numbering
     and with entries of those directories that are no shard files (`stray_file`).
 
-    Raises `DatasetError` when `root` is not a directory or holds no shard at all.
+    Raises `NoShardsFound` when `root` is not a directory or holds no shard at all.
     """
     if not tf.io.gfile.isdir(root):
-        raise DatasetError(f"{root} is not a directory; give the dataset directory the pipeline wrote")
+        raise NoShardsFound(f"{root} is not a directory; give the dataset directory the pipeline wrote")
     directories = sorted(
         (
             entry.rstrip("/")
             for entry in tf.io.gfile.listdir(root)
-            if SPLIT_DIRECTORY.fullmatch(entry.rstrip("/")) and tf.io.gfile.isdir(posixpath.join(root, entry))
+            if is_split_dir(entry.rstrip("/")) and tf.io.gfile.isdir(posixpath.join(root, entry))
         ),
-        key=directory_order,
+        key=split_dir_order,
     )
     shards: list[Shard] = []
     found: list[Problem] = []
     for directory in directories:
         in_directory = []
         for name in sorted(tf.io.gfile.listdir(posixpath.join(root, directory))):
-            match = SHARD_FILE.fullmatch(name)
-            if match:
-                index, count = int(match.group(1)), int(match.group(2))
-                in_directory.append(Shard(directory, name, index, count, "gzip" if match.group(3) else "none"))
+            parsed = parse_shard_name(name)
+            if parsed:
+                in_directory.append(Shard(directory, name, *parsed))
             else:
                 found.append(_stray(f"{directory}/{name.rstrip('/')}", "not a shard file of this dataset"))
         shards.extend(in_directory)
         found.extend(_numbering_problems(directory, in_directory))
     if not shards:
-        raise DatasetError(
+        raise NoShardsFound(
             f"no shards found in {root}: expected test/ and train-N/ directories holding "
             "pairs-XXXXX-of-YYYYY.tfrecord[.gz] files (is this the dataset root?)"
         )

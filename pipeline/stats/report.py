@@ -9,7 +9,7 @@ import numpy as np
 
 from pipeline.stats.config import StatsConfig
 from pipeline.stats.problems import Problem
-from pipeline.stats.reader import Shard, ShardResult, directory_order
+from pipeline.stats.reader import Shard, ShardResult
 from pipeline.stats.summary import Measurements, summarise
 from pipeline.stats.validate import (
     HELD_OUT_DIRS,
@@ -20,7 +20,7 @@ from pipeline.stats.validate import (
     find_leakage,
     leakage_problems,
 )
-from tfrecords_schema import SCHEMA_VERSION
+from tfrecords_schema import SCHEMA_VERSION, split_dir_order
 
 TRAIN_TOTAL = "train"
 ALL_TOTAL = "all"
@@ -59,7 +59,7 @@ def collect(
     """Groups shard results by directory and runs every check; `early_problems` are those found
     before reading (shard numbering, stray files, manifest unreadable); `digests` the shards'
     sha256 (relative path -> hex) to compare with the manifest."""
-    directories = sorted({result.shard.directory for result in results}, key=directory_order)
+    directories = sorted({result.shard.directory for result in results}, key=split_dir_order)
     by_directory = {
         directory: Measurements.concatenate(r.measurements for r in results if r.shard.directory == directory)
         for directory in directories
