@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import typing
 from collections.abc import Mapping
 from typing import Any
 
-import yaml
+from cli_shell.settings import add_config_flags as add_settings_flags
+from cli_shell.settings import build_config, flag_settings, merge_settings, read_yaml_settings
+from cli_shell.settings import setting as _field
 
 VGG19_LAYERS = (
     "block1_conv1", "block1_conv2", "block1_pool",
@@ -43,10 +44,6 @@ RUNTIME_FIELDS = frozenset(
      "time_budget_minutes", "export_weights"}
 )
 """Settings a resumed run may change: they change neither the maths nor the schedule."""
-
-
-def _field(default: Any, help: str, **kwargs: Any) -> Any:
-    return dataclasses.field(default=default, metadata={"help": help, **kwargs})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -324,32 +321,10 @@ update per generator update, Adam 2e-4; its conditional BCE discriminator and pi
 with the model itself). docs/training.md, "Models", justifies each setting."""
 
 
-def _field_types() -> dict[str, Any]:
-    return typing.get_type_hints(TrainConfig)
-
-
-def _normalised(name: str, value: Any, hint: Any, where: str) -> Any:
-    if typing.get_origin(hint) is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"setting {name!r} in {where} must be a list, got {value!r}")
-        item = typing.get_args(hint)[0]
-        return tuple(item(v) for v in value)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is not Any and not isinstance(value, hint):
-        raise ValueError(f"setting {name!r} in {where} must be {hint.__name__}, got {value!r}")
-    return value
-
-
 def config_from_dict(values: Mapping[str, Any], base: TrainConfig | None = None, where: str = "config") -> TrainConfig:
     """`base` (default: paper values) updated by `values`, validated; unknown names are an error."""
-    hints = _field_types()
-    merged = dataclasses.asdict(base or TrainConfig())
-    for name, value in values.items():
-        if name not in hints:
-            raise ValueError(f"unknown setting {name!r} in {where}; known: {', '.join(sorted(hints))}")
-        merged[name] = _normalised(name, value, hints[name], where)
-    return TrainConfig(**merged).validate()
+    merged = merge_settings(TrainConfig, dataclasses.asdict(base or TrainConfig()), values, where)
+    return build_config(TrainConfig, merged)
 
 
 def preset_config(name: str, model: str = "ours") -> TrainConfig:
@@ -365,45 +340,12 @@ def preset_config(name: str, model: str = "ours") -> TrainConfig:
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """Adds --preset, --config and one flag per setting (default: unset, i.e. preset/YAML value)."""
-    group = parser.add_argument_group("training settings (preset < --model's settings < --config YAML < these flags)")
-    group.add_argument("--preset", choices=tuple(PRESETS), default="paper",
-                       help="named settings: paper (the reference recipe, GPUs), small (<= 1 h on 2 CPU cores), tiny (seconds)")
-    group.add_argument("--config", metavar="YAML", help="YAML file of settings with the flag names below as keys")
-    hints = _field_types()
-    defaults = TrainConfig()
-    for f in dataclasses.fields(TrainConfig):
-        hint = hints[f.name]
-        help_text = f"{f.metadata['help']} (paper: {getattr(defaults, f.name)})"
-        if f.name == "model":
-            recipes = (f"{model}: " + " ".join(f"{k}={v}" for k, v in settings.items())
-                       for model, settings in MODEL_SETTINGS.items() if settings)
-            help_text += "; settings: " + "; ".join(recipes)
-        if hint is bool:
-            group.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        elif typing.get_origin(hint) is tuple:
-            items = typing.get_args(hint)
-            nargs = "+" if items[-1] is Ellipsis else len(items)
-            group.add_argument(f"--{f.name}", type=items[0], nargs=nargs, default=None, metavar=f.name.upper(), help=help_text)
-        else:
-            choices = f.metadata.get("choices")
-            metavar = f.name.upper() if choices and len(choices) > 6 else None
-            group.add_argument(f"--{f.name}", type=hint, default=None, choices=choices, metavar=metavar, help=help_text)
-
-
-def read_yaml_settings(path: str) -> Mapping[str, Any]:
-    """The mapping in a YAML settings file (ValueError naming the file if it is not one)."""
-    import tensorflow as tf
-
-    try:
-        with tf.io.gfile.GFile(path, "r") as handle:
-            loaded = yaml.safe_load(handle.read()) or {}
-    except (tf.errors.NotFoundError, OSError) as error:
-        raise ValueError(f"cannot read the settings file {path}: {error}") from error
-    except yaml.YAMLError as error:
-        raise ValueError(f"{path} is not valid YAML: {error}") from error
-    if not isinstance(loaded, Mapping):
-        raise ValueError(f"{path} must hold a mapping of setting: value, got {type(loaded).__name__}")
-    return loaded
+    add_settings_flags(parser, TrainConfig, "training settings (preset < --model's settings < --config YAML < these flags)",
+                       PRESETS, "named settings: paper (the reference recipe, GPUs), small (<= 1 h on 2 CPU cores), "
+                       "tiny (seconds)",
+                       help_suffix={"model": "; settings: " + "; ".join(
+                           f"{model}: " + " ".join(f"{k}={v}" for k, v in settings.items())
+                           for model, settings in MODEL_SETTINGS.items() if settings)})
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -416,5 +358,4 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     config = preset_config(args.preset, model)
     if settings:
         config = config_from_dict(settings, base=config, where=args.config)
-    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
-    return config_from_dict(flags, base=config, where="flags")
+    return config_from_dict(flag_settings(args, TrainConfig), base=config, where="flags")

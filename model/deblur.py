@@ -24,56 +24,47 @@ import hashlib
 import os
 import re
 import shutil
-import signal
 import sys
 import tempfile
 import time
 import typing
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
-import yaml
 
+from ct_io.errors import CTInputError
+from ct_io.hu import stored_from_hu, with_air
+from ct_io.series import CTSeries
+from cli_shell.command import UserError, run_command
 from cli_shell.quiet import add_verbose_flag
+from cli_shell.settings import add_config_flags, config_from_layers, flag_settings, read_yaml_settings
+from cli_shell.settings import setting as _field
 from model.dicom_series import (
-    CTSeries,
     DecodedObject,
     Derivation,
     InputFiles,
     SeriesError,
-    check_series,
+    checked_series,
     derived_dataset,
     derived_uid,
     iter_decoded,
     output_padding_value,
     scan_input,
     select_series,
-    stored_from_hu,
     write_dataset,
 )
 
 PROG = "ctdeblur-deblur"
-EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130
-EXIT_SIGTERM = 143
 FORMATS = ("dicom", "png", "nifti")
 NIFTI_NAME = "deblurred.nii.gz"
 OUTPUT_FILE_PATTERN = re.compile(r"^(CT\.\d{5,}\.(dcm|png)|deblurred\.nii\.gz)$")
 """Names this tool writes; --overwrite replaces only directories holding nothing else."""
-AIR_HU = -1000.0
-MIN_VALID_HU = -1024.0
-"""Network inputs below this (scanner "no data" markers) become air, as in the training data (HU)."""
 SERIES_DESCRIPTION_MAX = 64
 DERIVATION_DESCRIPTION_MAX = 1024
 
 
-class DeblurError(ValueError):
+class DeblurError(UserError):
     """A problem with OUTPUT, the model or the settings; the message says what to do."""
-
-
-def _field(default: Any, help: str, **kwargs: Any) -> Any:
-    return dataclasses.field(default=default, metadata={"help": help, **kwargs})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,46 +84,14 @@ class DeblurConfig:
                                   choices=("error", "identity"))
 
     def validate(self) -> DeblurConfig:
-        """Returns self, or raises DeblurError naming the bad setting."""
-        for f in dataclasses.fields(self):
-            choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices:
-                raise DeblurError(f"{f.name} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
+        """Returns self, or raises ValueError naming the bad setting."""
         if self.batch_size < 1:
-            raise DeblurError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.threads < 0:
-            raise DeblurError(f"threads must be >= 0, got {self.threads}")
+            raise ValueError(f"threads must be >= 0, got {self.threads}")
         if len(self.png_window_hu) != 2 or not self.png_window_hu[0] < self.png_window_hu[1]:
-            raise DeblurError(f"png_window_hu must be two HU values low < high, got {self.png_window_hu}")
+            raise ValueError(f"png_window_hu must be two HU values low < high, got {self.png_window_hu}")
         return self
-
-
-def config_from_dict(values: Mapping[str, Any], base: DeblurConfig | None = None, where: str = "config") -> DeblurConfig:
-    """`base` (default: the defaults) updated by `values`, validated; unknown names are an error."""
-    hints = typing.get_type_hints(DeblurConfig)
-    merged = dataclasses.asdict(base or DeblurConfig())
-    for name, value in values.items():
-        if name not in hints:
-            raise DeblurError(f"unknown setting {name!r} in {where}; known: {', '.join(sorted(hints))}")
-        hint = hints[name]
-        if typing.get_origin(hint) is tuple:
-            if not isinstance(value, (list, tuple)) or not all(isinstance(v, (int, float)) for v in value):
-                raise DeblurError(f"setting {name!r} in {where} must be a list of numbers, got {value!r}")
-            value = tuple(float(v) for v in value)
-        elif hint is float and isinstance(value, int):
-            value = float(value)
-        elif not isinstance(value, hint) or isinstance(value, bool) != (hint is bool):
-            raise DeblurError(f"setting {name!r} in {where} must be {hint.__name__}, got {value!r}")
-        merged[name] = value
-    return DeblurConfig(**merged).validate()
-
-
-def network_input_hu(hu: np.ndarray, padding: np.ndarray) -> np.ndarray:
-    """HU fed to the generator (float32, same layout as `hu`): padding and values below -1024 HU
-    (no-data markers) become air, as the training data has them."""
-    net = hu.astype(np.float32, copy=True)
-    net[padding | (hu < MIN_VALID_HU)] = AIR_HU
-    return net
 
 
 def passthrough_mask(hu: np.ndarray, padding: np.ndarray, window: tuple[float, float]) -> np.ndarray:
@@ -373,7 +332,7 @@ def deblur_objects(files: InputFiles, series: CTSeries, deblur, window: tuple[fl
 
     for obj in iter_decoded(files, series):
         pending = _Pending(obj, np.empty_like(obj.hu), len(obj.frames))
-        net = network_input_hu(obj.hu, obj.padding)
+        net = with_air(obj.hu, obj.padding)
         for index in range(len(obj.frames)):
             batch.append((pending, index, net[index]))
             if len(batch) == batch_size:
@@ -412,36 +371,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                         help="progress bars on stderr (default: on)")
     add_verbose_flag(parser)
-    group = parser.add_argument_group("settings (defaults < --config YAML < these flags)")
-    group.add_argument("--config", metavar="YAML", help="YAML file of settings with the flag names below as keys")
-    hints = typing.get_type_hints(DeblurConfig)
-    defaults = DeblurConfig()
-    for f in dataclasses.fields(DeblurConfig):
-        help_text = f"{f.metadata['help']} (default: {getattr(defaults, f.name)!r})"
-        if typing.get_origin(hints[f.name]) is tuple:
-            group.add_argument(f"--{f.name}", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None, help=help_text)
-        else:
-            choices = f.metadata.get("choices")
-            metavar = None if choices else {int: "N", str: "TEXT"}[hints[f.name]]
-            group.add_argument(f"--{f.name}", type=hints[f.name], choices=choices, metavar=metavar, default=None,
-                               help=help_text)
+    add_config_flags(parser, DeblurConfig, "settings (defaults < --config YAML < these flags)")
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> DeblurConfig:
-    """Defaults, updated by --config YAML, then by explicit flags."""
-    config = DeblurConfig()
-    if args.config:
-        try:
-            with open(args.config, encoding="utf-8") as handle:
-                values = yaml.safe_load(handle) or {}
-        except (OSError, yaml.YAMLError) as error:
-            raise DeblurError(f"cannot read the settings file {args.config}: {error}") from error
-        if not isinstance(values, Mapping):
-            raise DeblurError(f"{args.config} must hold a mapping of setting: value")
-        config = config_from_dict(values, config, where=args.config)
-    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(DeblurConfig) if getattr(args, f.name) is not None}
-    return config_from_dict(flags, config, where="flags")
+    """Defaults, updated by --config YAML, then by explicit flags (DeblurError naming the setting)."""
+    try:
+        layers = [(args.config, read_yaml_settings(args.config))] if args.config else []
+        return config_from_layers(DeblurConfig, [*layers, ("flags", flag_settings(args, DeblurConfig))])
+    except ValueError as error:
+        raise DeblurError(str(error)) from error
 
 
 def _bar(total: int, description: str, enabled: bool):
@@ -451,14 +391,6 @@ def _bar(total: int, description: str, enabled: bool):
                 file=sys.stderr, disable=not enabled, dynamic_ncols=True)
 
 
-class _Terminated(Exception):
-    """SIGTERM arrived; raised in the main thread so that the partial output is removed."""
-
-
-def _on_sigterm(signum, frame) -> None:
-    raise _Terminated()
-
-
 def run(args: argparse.Namespace, config: DeblurConfig) -> int:
     """Scans INPUT, checks OUTPUT, loads the model, deblurs and writes; prints the summary."""
     started = time.perf_counter()
@@ -466,7 +398,7 @@ def run(args: argparse.Namespace, config: DeblurConfig) -> int:
     with InputFiles(args.input) as files:
         with _bar(len(files.sources), "reading headers", args.progress) as bar:
             found, report = scan_input(files, config.missing_rescale, progress=lambda: bar.update(1))
-        series = check_series(select_series(found, report, args.input, args.series_uid))
+        series = checked_series(select_series(found, report, args.input, args.series_uid))
         if config.format == "nifti":
             problem = series.regular_grid_problem()
             if problem:
@@ -537,24 +469,20 @@ def print_summary(args, config, series: CTSeries, report, model, window, derivat
           f"clipped to the int16 range: {stats.clipped_pixels} pixels")
 
 
+def _deblur_command(args: argparse.Namespace) -> int:
+    try:
+        return run(args, config_from_args(args))
+    except CTInputError as error:
+        hint = ("; if its stored values are HU already, pass --missing_rescale identity"
+                if error.reason == "missing_rescale" else "")
+        raise DeblurError(f"{error}{hint}") from error
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point of `ctdeblur-deblur`; returns the exit code (0; 2 bad input, output, model
     or settings; 130 Ctrl-C; 143 SIGTERM)."""
     args = build_parser().parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        return run(args, config_from_args(args))
-    except (SeriesError, DeblurError, OSError) as error:
-        print(f"{PROG}: error: {error}\nnothing was written.", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; nothing was written.", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except _Terminated:
-        print(f"{PROG}: stopped by SIGTERM; nothing was written.", file=sys.stderr)
-        return EXIT_SIGTERM
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return run_command(PROG, lambda: _deblur_command(args), user_errors=(OSError,), aborted_note="nothing was written.")
 
 
 if __name__ == "__main__":

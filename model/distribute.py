@@ -7,8 +7,10 @@ import os
 
 import tensorflow as tf
 
+from cli_shell.command import UserError
 
-class StrategyError(ValueError):
+
+class StrategyError(UserError):
     """The strategy asked for cannot run here; the message says why."""
 
 

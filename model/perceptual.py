@@ -14,6 +14,7 @@ import tempfile
 import keras
 import tensorflow as tf
 
+from cli_shell.command import UserError
 from model.config import VGG19_LAYERS
 
 VGG19_WEIGHTS_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
@@ -22,7 +23,7 @@ RANDOM_INIT = "random-init"
 IMAGENET = "imagenet"
 
 
-class PerceptualWeightsError(RuntimeError):
+class PerceptualWeightsError(UserError):
     """The VGG19 weights asked for cannot be loaded; the message says what to do."""
 
 

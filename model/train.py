@@ -30,6 +30,7 @@ import tensorflow as tf
 import yaml
 from tqdm import tqdm
 
+from cli_shell.command import EXIT_SIGTERM, UserError, run_command
 from cli_shell.quiet import add_verbose_flag
 from model import schedule
 from model.config import NO_PERCEPTUAL, RUNTIME_FIELDS, TrainConfig, add_config_flags, config_from_args
@@ -39,13 +40,11 @@ from model.data import (
     dataset_splits,
     epoch_seed,
     hu_to_unit,
-    join,
     training_batches,
     unit_to_hu,
     validation_pairs,
 )
 from model.distribute import (
-    StrategyError,
     is_chief,
     make_strategy,
     strategy_name,
@@ -58,17 +57,14 @@ from model.schedule import WarmupCosine
 from model.networks import build_critic, build_generator
 from model.perceptual import (
     RANDOM_INIT,
-    PerceptualWeightsError,
     WeightsSource,
     feature_extractor,
     load_vgg19,
 )
-from tfrecords_schema import SchemaVersionError
+from tfrecords_schema import SchemaVersionError, join_path
 
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_NAME = "train_config.yaml"
-EXIT_USER_ERROR = 2
-EXIT_SIGTERM = 143
 PROGRESS_LOGS = {"critic/wasserstein_estimate": "W", "critic/gradient_penalty": "gp", "discriminator/loss": "D",
                  "generator/total": "G"}
 NO_PERCEPTUAL_LOSS = WeightsSource(NO_PERCEPTUAL, "", "none (no perceptual term)")
@@ -76,7 +72,7 @@ BEST_DIR = "best_generator"
 """LOGDIR subdirectory holding the generator of the best validation step."""
 
 
-class ResumeError(ValueError):
+class ResumeError(UserError):
     """The logdir holds a run that this command cannot continue; the message says why."""
 
 
@@ -246,8 +242,8 @@ class Training:
             **self.best_vars,
         )
         self.best_checkpoint = tf.train.Checkpoint(generator=gan.generator)
-        self.checkpoint_dir = join(self.logdir, CHECKPOINT_DIR)
-        directory = self.checkpoint_dir if self.chief else join(self.checkpoint_dir, f"workertemp_{task_id(self.strategy)}")
+        self.checkpoint_dir = join_path(self.logdir, CHECKPOINT_DIR)
+        directory = self.checkpoint_dir if self.chief else join_path(self.checkpoint_dir, f"workertemp_{task_id(self.strategy)}")
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, directory, max_to_keep=self.config.checkpoints_to_keep,
             step_counter=self.position_vars["global_step"],
@@ -257,7 +253,7 @@ class Training:
         """Restores the latest checkpoint of the logdir, if any (refusing other settings), writes the
         run's config there, and returns the position to run next."""
         latest = tf.train.latest_checkpoint(self.checkpoint_dir)
-        config_path = join(self.logdir, CONFIG_NAME)
+        config_path = join_path(self.logdir, CONFIG_NAME)
         if latest and tf.io.gfile.exists(config_path):
             with tf.io.gfile.GFile(config_path, "r") as handle:
                 saved = yaml.safe_load(handle.read()) or {}
@@ -401,14 +397,14 @@ class Training:
         if best:
             self.best_vars["best_validation_delta_db"].assign(gain)
             self.best_vars["best_validation_step"].assign(self.global_step)
-            directory = self.best_dir if self.chief else join(self.best_dir, f"workertemp_{task_id(self.strategy)}")
-            self.best_checkpoint.write(join(directory, "generator"))
+            directory = self.best_dir if self.chief else join_path(self.best_dir, f"workertemp_{task_id(self.strategy)}")
+            self.best_checkpoint.write(join_path(directory, "generator"))
             if not self.chief:
                 tf.io.gfile.rmtree(directory)
 
     @property
     def best_dir(self) -> str:
-        return join(self.logdir, BEST_DIR)
+        return join_path(self.logdir, BEST_DIR)
 
     @property
     def best_step(self) -> int:
@@ -417,7 +413,7 @@ class Training:
 
     def restore_best_generator(self) -> None:
         """Loads the generator weights of the best validation step (from LOGDIR/best_generator)."""
-        self.best_checkpoint.read(join(self.best_dir, "generator")).assert_existing_objects_matched()
+        self.best_checkpoint.read(join_path(self.best_dir, "generator")).assert_existing_objects_matched()
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 1], tf.float32)])
     def deblur_hu(self, blurry_hu: tf.Tensor) -> tf.Tensor:
@@ -604,24 +600,24 @@ def run(config: TrainConfig, data_dir: str, logdir: str, export_dir: str | None)
     return EXIT_SIGTERM if training.stop_signal is not None else 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point of `ctdeblur-train`."""
-    args = build_parser().parse_args(argv)
+def _train_command(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
     except ValueError as error:
-        print(f"ctdeblur-train: error: invalid settings: {error}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        raise UserError(f"invalid settings: {error}") from error
     try:
         return run(config, args.data, args.logdir, args.export)
-    except (DatasetError, SchemaVersionError, PerceptualWeightsError, StrategyError, ResumeError) as error:
-        print(f"ctdeblur-train: error: {error}", file=sys.stderr)
-        return EXIT_USER_ERROR
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
-        print(f"ctdeblur-train: error: reading {args.data} failed: {error.message.strip()}\n"
-              "  (a damaged shard, or records this reader does not know); check the dataset with "
-              "ctdeblur-shard-stats, or rebuild it", file=sys.stderr)
-        return EXIT_USER_ERROR
+        raise UserError(f"reading {args.data} failed: {error.message.strip()}\n"
+                        "  (a damaged shard, or records this reader does not know); check the dataset with "
+                        "ctdeblur-shard-stats, or rebuild it") from error
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point of `ctdeblur-train` (SIGTERM: checkpoint, then exit 143)."""
+    args = build_parser().parse_args(argv)
+    return run_command("ctdeblur-train", lambda: _train_command(args), user_errors=(SchemaVersionError,),
+                       handle_sigterm=False)
 
 
 if __name__ == "__main__":

@@ -9,43 +9,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import typing
 from typing import Any, Mapping
 
+from cli_shell.settings import add_config_flags as add_settings_flags
+from cli_shell.settings import config_from_layers, flag_settings, read_yaml_settings, setting
 from pipeline.archives.registration import RegistrationConfig
 from pipeline.archives.series import SeriesFilter
 from pipeline.archives.tcia import DEFAULT_COLLECTIONS, TciaConfig
+from pipeline.kernels import MotionConfig
 from pipeline.noise import NoiseConfig
 from pipeline.projection import ProjectionConfig
-from pipeline.settings import add_setting_flag, read_yaml_mapping, setting
-
-
-@dataclasses.dataclass(frozen=True)
-class MotionConfig:
-    """Ranges of the random-trajectory motion kernels (DeblurGAN's generator by default)."""
-
-    samples: int = setting(2000, "trajectory samples (steps of the random walk)")
-    length_px_min: float = setting(60.0, "shortest trajectory path length (pixels)")
-    length_px_max: float = setting(60.0, "longest trajectory path length (pixels)")
-    anxiety_min: float = setting(0.003, "lower bound of the shake strength ('exploration'), drawn uniformly")
-    anxiety_max: float = setting(0.01, "upper bound of the shake strength ('exploration'); DeblurGAN draws it from 0.003-0.01")
-    centripetal_max: float = setting(0.7, "upper bound of the pull back to the start, drawn uniformly")
-    jump_probability_max: float = setting(0.2, "upper bound of the impulsive-jump factor (x anxiety = per-step probability)")
-    gaussian_shake_max: float = setting(10.0, "upper bound of the Gaussian velocity shake, drawn uniformly")
-    exposures: tuple[float, ...] = setting((0.1, 0.5, 1.0), "exposure fractions of the path to integrate, one drawn per kernel (DeblurGAN's)")
-    psf_max_size: int = setting(64, "largest PSF side (pixels); longer paths are scaled down to fit")
-
-    def validate(self) -> None:
-        if self.samples < 2:
-            raise ValueError(f"motion samples must be >= 2, got {self.samples}")
-        if not 0 <= self.length_px_min <= self.length_px_max:
-            raise ValueError(f"need 0 <= length_px_min <= length_px_max, got {self.length_px_min}, {self.length_px_max}")
-        if not 0 <= self.anxiety_min <= self.anxiety_max:
-            raise ValueError(f"need 0 <= anxiety_min <= anxiety_max, got {self.anxiety_min}, {self.anxiety_max}")
-        if not self.exposures or any(not 0 < e <= 1 for e in self.exposures):
-            raise ValueError(f"exposures must be fractions in (0, 1], got {self.exposures}")
-        if not 3 <= self.psf_max_size <= 64:
-            raise ValueError(f"psf_max_size must be in [3, 64] pixels, got {self.psf_max_size}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,31 +149,9 @@ PRESETS: Mapping[str, Mapping[str, Any]] = {
 `tiny` (seconds, for tests)."""
 
 
-def _nested_types() -> dict[str, type]:
-    hints = typing.get_type_hints(PipelineConfig)
-    return {f.name: hints[f.name] for f in dataclasses.fields(PipelineConfig) if dataclasses.is_dataclass(hints[f.name])}
-
-
-def _merge(base: dict[str, Any], override: Mapping[str, Any], where: str) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in override.items():
-        if key not in base:
-            raise ValueError(f"unknown setting {key!r} in {where}; known: {sorted(base)}")
-        if isinstance(base[key], dict):
-            if not isinstance(value, Mapping):
-                raise ValueError(f"setting {key!r} in {where} must be a mapping, got {value!r}")
-            merged[key] = _merge(base[key], value, f"{where}.{key}")
-        else:
-            merged[key] = value
-    return merged
-
-
 def config_from_dict(values: Mapping[str, Any]) -> PipelineConfig:
     """Builds a validated config from a (possibly partial) nested mapping over the paper defaults."""
-    merged = _merge(dataclasses.asdict(PipelineConfig()), values, "config")
-    nested = {name: cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in merged.pop(name).items()})
-              for name, cls in _nested_types().items()}
-    return PipelineConfig(**merged, **nested).validate()
+    return config_from_layers(PipelineConfig, [("config", values)])
 
 
 _SERIES_FILTER_HELP = {
@@ -217,52 +168,23 @@ _DERIVED_FLAGS = {"tcia_collections", "tcia_min_slices", "tcia_description_inclu
 
 
 def _help(group_name: str | None, f: dataclasses.Field) -> str:
-    if "help" in f.metadata:
-        return f.metadata["help"]
     if group_name == "series_filter":
         return _SERIES_FILTER_HELP[f.name]
     raise KeyError(f"setting {group_name}.{f.name} has no help text")
 
 
-def _flag_fields() -> list[tuple[str, str | None, dataclasses.Field, Any]]:
-    """(flag name, nested group or None, field, type) for every leaf setting that has a flag."""
-    rows = []
-    hints = typing.get_type_hints(PipelineConfig)
-    nested = _nested_types()
-    for f in dataclasses.fields(PipelineConfig):
-        if f.name in nested:
-            sub_hints = typing.get_type_hints(nested[f.name])
-            for sub in dataclasses.fields(nested[f.name]):
-                if f"{f.name}_{sub.name}" not in _DERIVED_FLAGS:
-                    rows.append((f"{f.name}_{sub.name}", f.name, sub, sub_hints[sub.name]))
-        else:
-            rows.append((f.name, None, f, hints[f.name]))
-    return rows
-
-
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """Adds --preset, --config and one flag per setting (default: unset, i.e. preset/YAML value)."""
-    group = parser.add_argument_group("dataset settings (preset < --config YAML < these flags)")
-    group.add_argument("--preset", choices=sorted(PRESETS), default="paper",
-                       help="named settings: paper (14,329 pairs, the reference paper), demo (minutes), tiny (tests)")
-    group.add_argument("--config", metavar="YAML", help="YAML file with settings (same names; motion: and phantom: nested)")
-    defaults = config_from_dict({})
-    for flag, group_name, f, hint in _flag_fields():
-        default = getattr(getattr(defaults, group_name), f.name) if group_name else getattr(defaults, f.name)
-        add_setting_flag(group, flag, f, hint, f"{_help(group_name, f)} (paper default: {default})")
+    add_settings_flags(parser, PipelineConfig, "dataset settings (preset < --config YAML < these flags)", PRESETS,
+                       "named settings: paper (14,329 pairs, the reference paper), demo (minutes), tiny (tests)",
+                       "YAML file with settings (same names; motion: and phantom: nested)",
+                       exclude=_DERIVED_FLAGS, help_of=_help)
 
 
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     """The config named by --preset, updated by --config YAML, then by explicit flags."""
-    values: dict[str, Any] = _merge(dataclasses.asdict(PipelineConfig()), PRESETS[args.preset], f"preset {args.preset}")
+    layers = [(f"preset {args.preset}", PRESETS[args.preset])]
     if args.config:
-        values = _merge(values, read_yaml_mapping(args.config), args.config)
-    for flag, group_name, f, _ in _flag_fields():
-        value = getattr(args, flag)
-        if value is None:
-            continue
-        if group_name:
-            values[group_name][f.name] = tuple(value) if isinstance(value, list) else value
-        else:
-            values[f.name] = value
-    return config_from_dict(values)
+        layers.append((args.config, read_yaml_settings(args.config)))
+    layers.append(("flags", flag_settings(args, PipelineConfig, _DERIVED_FLAGS)))
+    return config_from_layers(PipelineConfig, layers)

@@ -23,6 +23,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from cli_shell.command import EXIT_FAILED, EXIT_OK, UserError, run_command
 from cli_shell.quiet import add_verbose_flag
 from pipeline.archive_sources import read_pairs_manifest
 from pipeline.archives.idc import collections_with_ct, list_idc_series
@@ -68,10 +69,6 @@ examples:
   ctdeblur-make-dataset --source idc --collections CPTAC-LUAD,TCGA-SARC --output ds
   ctdeblur-make-dataset --source pairs --pairs_manifest pairs.csv --output ds
 """
-
-
-class UserError(Exception):
-    """A problem with the command line or the output directory, reported without a traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -336,8 +333,12 @@ def build_pipeline(config: PipelineConfig, sources: list[str], input_path: str |
 
 def run(argv: list[str] | None = None, save_main_session: bool = True) -> dict:
     """Builds and runs the pipeline; returns the manifest (also written to OUTPUT/manifest.json)."""
-    parser = build_parser()
-    args, beam_args = parser.parse_known_args(argv)
+    args, beam_args = build_parser().parse_known_args(argv)
+    return run_parsed(args, beam_args, save_main_session)
+
+
+def run_parsed(args: argparse.Namespace, beam_args: list[str], save_main_session: bool = True) -> dict:
+    """`run` for a parsed command line: our flags in `args`, Beam's in `beam_args`."""
     try:
         config = config_from_args(args)
         config = dataclasses.replace(config, collections=collection_names(config.collections)).validate()
@@ -379,25 +380,27 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> dict:
     return manifest
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_known_args(argv)[0]
+def _make_dataset_command(args: argparse.Namespace, beam_args: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("ctdeblur").setLevel(logging.INFO if args.verbose else logging.WARNING)
     logging.getLogger("pydicom").setLevel(logging.ERROR)
     try:
-        manifest = run(argv)
-    except UserError as error:
-        print(f"ctdeblur-make-dataset: error: {error}", file=sys.stderr)
-        return 2
+        manifest = run_parsed(args, beam_args)
     except FileNotFoundError as error:
-        print(f"ctdeblur-make-dataset: error: {error}", file=sys.stderr)
-        return 2
+        raise UserError(str(error)) from error
     output = args.output.rstrip("/")
     if manifest["written"]["pairs"] == 0:
         print(f"ctdeblur-make-dataset: error: {zero_pairs_message(manifest, output)}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     print_summary(manifest, output)
-    return 0 if manifest["accounting"]["balanced"] else 1
+    return EXIT_OK if manifest["accounting"]["balanced"] else EXIT_FAILED
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point of `ctdeblur-make-dataset`: 0 done, 1 nothing written or accounts not
+    balanced, 2 bad command line or output."""
+    args, beam_args = build_parser().parse_known_args(argv)
+    return run_command("ctdeblur-make-dataset", lambda: _make_dataset_command(args, beam_args))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import dataclasses
 import numpy as np
 from scipy import fft, ndimage
 
-from pipeline.settings import setting
+from cli_shell.settings import setting
 
 HIGHPASS = np.array([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]], np.float32)
 """Immerkær's noise-estimation kernel: the difference of two Laplacians, blind to planes and ramps."""

@@ -8,6 +8,7 @@ import argparse
 import os
 import sys
 
+from cli_shell.command import run_command
 from cli_shell.quiet import add_verbose_flag
 from pipeline.phantom import BODY_SITES, phantom_series
 from pipeline.sources import write_phantom_series
@@ -30,10 +31,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Console entry point of `ctdeblur-phantom`."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.patients < 1 or args.slices < 1 or args.size < 32:
         parser.error("need --patients >= 1, --slices >= 1 and --size >= 32")
+    return run_command("ctdeblur-phantom", lambda: _write_phantoms(args), user_errors=(OSError,))
+
+
+def _write_phantoms(args: argparse.Namespace) -> int:
     for patient in range(args.patients):
         series = phantom_series(patient, args.slices, args.size, args.seed)
         paths = write_phantom_series(series, args.output)

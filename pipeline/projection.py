@@ -32,7 +32,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy import fft, special
 
-from pipeline.settings import setting
+from cli_shell.settings import setting
 
 MOTION_KINDS = ("smooth", "breathing", "jerk", "none")
 FBP_FILTERS = ("ramp", "shepp-logan", "hann")

@@ -11,7 +11,7 @@ from test_schema import make_pair as schema_pair
 
 import tfrecords_schema as schema
 from pipeline.config import PipelineConfig, add_config_flags, config_from_args, config_from_dict
-from pipeline.dicom_hu import SliceHeader
+from pipeline.slice_scan import SliceHeader
 from pipeline.kernels import MotionParams, blur_hu, motion_psf, motion_trajectory
 from pipeline.noise import NoiseConfig, add_pair_noise, ct_noise, highpass_gain, highpass_noise_hu
 from pipeline.pairs import make_pair

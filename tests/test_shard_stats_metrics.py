@@ -185,7 +185,7 @@ def test_config_precedence_preset_then_yaml_then_flags(tmp_path):
 @pytest.mark.parametrize(
     "values, message",
     [
-        ({"window_size": 3}, "unknown setting(s) ['window_size']"),
+        ({"window_size": 3}, "unknown setting 'window_size'"),
         ({"window_hu": (1000, -1000)}, "window_hu must be two integers LOW < HIGH"),
         ({"ssim_filter_size": 10}, "positive odd"),
         ({"hu_percentiles": (50, 101)}, "hu_percentiles must be values in [0, 100]"),

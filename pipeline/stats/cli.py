@@ -16,6 +16,7 @@ import json
 import os
 import sys
 
+from cli_shell.command import UserError, run_command
 from cli_shell.quiet import add_verbose_flag
 from pipeline.stats.config import add_config_flags, config_from_args
 
@@ -48,11 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _usage_error(message: str) -> int:
-    print(f"ctdeblur-shard-stats: error: {message}", file=sys.stderr)
-    return 2
-
-
 def _check_output(path: str | None, flag: str) -> str | None:
     if path is None:
         return None
@@ -74,22 +70,26 @@ def _write(path: str, text: str, flag: str) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Console entry point of `ctdeblur-shard-stats` (exit status: module docstring)."""
     args = build_parser().parse_args(argv)
+    return run_command("ctdeblur-shard-stats", lambda: _shard_stats_command(args))
+
+
+def _shard_stats_command(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
     except (ValueError, OSError) as error:
-        return _usage_error(str(error))
+        raise UserError(str(error)) from error
     if args.examples is not None and not args.html:
-        return _usage_error("--examples sets the example pairs of the HTML report: add --html FILE")
+        raise UserError("--examples sets the example pairs of the HTML report: add --html FILE")
     for path, flag in ((args.json, "--json"), (args.html, "--html")):
         problem = _check_output(path, flag)
         if problem:
-            return _usage_error(problem)
+            raise UserError(problem)
 
     from tqdm import tqdm
 
     from pipeline.stats.reader import (
-        DatasetError,
         file_sha256,
         find_shards,
         read_dataset,
@@ -100,10 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.stats.report_text import render_text
 
     root = args.dataset.rstrip("/") or "/"
-    try:
-        shards, early_problems = find_shards(root)
-    except DatasetError as error:
-        return _usage_error(str(error))
+    shards, early_problems = find_shards(root)
     manifest, manifest_problems = read_manifest(root)
     expected = _expected_pairs(manifest)
     with concurrent.futures.ThreadPoolExecutor(1) as hasher:
@@ -118,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         error = _write(args.json, json.dumps(report, indent=2, allow_nan=False) + "\n", "--json")
         if error:
-            return _usage_error(error)
+            raise UserError(error)
         print(f"\nJSON: {args.json}")
     if args.html:
         from pipeline.stats.report_html import Example, render_html
@@ -133,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         error = _write(args.html, render_html(stats, report, examples), "--html")
         if error:
-            return _usage_error(error)
+            raise UserError(error)
         print(f"\nHTML report: {os.path.abspath(args.html)}")
     return 0 if stats.ok else 1
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import typing
 from typing import Any, Mapping
 
-from pipeline.settings import add_setting_flag, read_yaml_mapping, setting
+from cli_shell.settings import add_config_flags as add_settings_flags
+from cli_shell.settings import config_from_layers, flag_settings, read_yaml_settings, setting
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,38 +82,26 @@ over [-1024, 3071] HU (data_range 4095), the protocol's second window."""
 def config_from_dict(values: Mapping[str, Any], where: str = "config") -> StatsConfig:
     """A validated config from a (possibly partial) mapping over the paper defaults; `where`
     names the origin of `values` in error messages."""
-    known = {f.name for f in dataclasses.fields(StatsConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown setting(s) {unknown} in {where}; known: {sorted(known)}")
-    changes = {name: tuple(value) if isinstance(value, list) else value for name, value in values.items()}
     try:
-        return StatsConfig(**changes)
+        return config_from_layers(StatsConfig, [(where, values)])
     except (TypeError, ValueError) as error:
         raise ValueError(f"{where}: {error}") from error
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """Adds --preset, --config and one flag per setting (default: unset, i.e. preset/YAML value)."""
-    group = parser.add_argument_group("statistics settings (preset < --config YAML < these flags)")
-    group.add_argument("--preset", choices=sorted(PRESETS), default="paper",
-                       help="named settings: paper (window [-1000, 1000] HU), full-range (window [-1024, 3071] HU)")
-    group.add_argument("--config", metavar="YAML", help="YAML file with settings by name")
-    defaults = StatsConfig()
-    hints = typing.get_type_hints(StatsConfig)
-    for f in dataclasses.fields(StatsConfig):
-        add_setting_flag(group, f.name, f, hints[f.name], f"{f.metadata['help']} (default: {getattr(defaults, f.name)})")
+    add_settings_flags(parser, StatsConfig, "statistics settings (preset < --config YAML < these flags)", PRESETS,
+                       "named settings: paper (window [-1000, 1000] HU), full-range (window [-1024, 3071] HU)",
+                       "YAML file with settings by name")
 
 
 def config_from_args(args: argparse.Namespace) -> StatsConfig:
     """The config named by --preset, updated by the --config YAML, then by explicit flags."""
-    values: dict[str, Any] = dict(PRESETS[args.preset])
+    layers = [(f"preset {args.preset}", PRESETS[args.preset])]
     if args.config:
-        loaded = read_yaml_mapping(args.config)
-        config_from_dict(loaded, args.config)
-        values.update(loaded)
-    for f in dataclasses.fields(StatsConfig):
-        value = getattr(args, f.name)
-        if value is not None:
-            values[f.name] = value
-    return config_from_dict(values, "settings")
+        layers.append((args.config, read_yaml_settings(args.config)))
+    layers.append(("flags", flag_settings(args, StatsConfig)))
+    try:
+        return config_from_layers(StatsConfig, layers)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"settings: {error}") from error
