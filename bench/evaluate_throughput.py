@@ -26,11 +26,12 @@ import numpy as np
 
 from model import baselines
 from model.config import TrainConfig
-from model.evaluate import EvalConfig, Scorer
+from model.evaluation_engine import Scorer
+from model.evaluation_protocol import EvalConfig
 from model.export import export_generator, load_exported_generator
 from model.networks import build_generator
-from pipeline.config import MotionConfig
 from pipeline.kernels import (
+    MotionConfig,
     blur_hu,
     motion_psf,
     motion_trajectory,

@@ -1,6 +1,6 @@
 """What `ctdeblur-evaluate` shows and writes: summaries with 95% CIs (patient-clustered bootstrap),
-Markdown tables, the JSON document, per_image.csv, evaluation.md and figure.png (matplotlib, Agg
-backend).
+Markdown tables, the JSON document, per_image.csv, evaluation.md and figure.png (matplotlib's
+object API: no global backend is set).
 
 Works on the per-pair rows of an evaluation: one dict per (pair, method) with the pair's position
 in the split (`pair_index`), its provenance (`PAIR_COLUMNS`), `method`, `status` and a PSNR and an
@@ -15,47 +15,35 @@ import dataclasses
 import io
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt
 import numpy as np
 import tensorflow as tf
+from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from scipy import ndimage
 
 from model import metrics
-from model.data import join
+from model.evaluation_engine import Evaluation
+from model.evaluation_protocol import (
+    BLURRY,
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    CI_LEVEL,
+    CI_METHOD,
+    GROUPINGS,
+    PAIR_COLUMNS,
+    SCOPES,
+    EvalConfig,
+    score_columns,
+)
+from tfrecords_schema import join_path
 
-if TYPE_CHECKING:
-    from model.evaluate import EvalConfig, Evaluation
-
-BLURRY = "blurry"
-WIENER = "wiener_oracle"
-RL = "rl_oracle"
-BASELINES = (WIENER, RL)
-CI_LEVEL = 0.95
-CI_METHOD = "patient-clustered bootstrap"
-BOOTSTRAP_RESAMPLES = 2000
-BOOTSTRAP_SEED = 0
-SCOPES = (("window", "full"), ("window", "body"), ("fullrange", "full"), ("fullrange", "body"))
-"""(window, region) of every score: the main window or the full range; full field of view or body mask."""
-GROUPINGS = ("collection", "source_kind", "blur_model")
-PAIR_COLUMNS = ("record_key", "patient_key", "collection", "source_kind", "blur_model")
 REPORT_NAME = "evaluation.md"
 CSV_NAME = "per_image.csv"
 FIGURE_NAME = "figure.png"
 ZOOM_FRACTION = 0.25
 """Side of the figure's zoomed region, as a fraction of the image's shorter side."""
-
-
-def score_columns(window_key: str, region: str) -> tuple[str, str]:
-    """CSV columns (psnr, ssim) of a scope: psnr_db, ssim, psnr_db_body, ..., ssim_fullrange_body."""
-    suffix = ("" if window_key == "window" else "_fullrange") + ("_body" if region == "body" else "")
-    return f"psnr_db{suffix}", f"ssim{suffix}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -502,8 +490,8 @@ def write_figure(evaluation: Evaluation, path: str) -> None:
     columns = len(methods) + 1
     low, high = config.window_hu
     limit = config.figure_difference_hu
-    figure, axes = plt.subplots(3 * len(panels), columns, figsize=(2.3 * columns + 1.0, 2.3 * 3 * len(panels) + 0.4),
-                                squeeze=False)
+    figure = Figure(figsize=(2.3 * columns + 1.0, 2.3 * 3 * len(panels) + 0.4))
+    axes = figure.subplots(3 * len(panels), columns, squeeze=False)
     difference_image = None
     for row, panel in enumerate(panels):
         image_axes, zoom_axes, difference_axes = axes[3 * row], axes[3 * row + 1], axes[3 * row + 2]
@@ -549,7 +537,6 @@ def write_figure(evaluation: Evaluation, path: str) -> None:
         figure.colorbar(difference_image, cax=bar, label="method − sharp (HU)")
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
     with tf.io.gfile.GFile(path, "wb") as handle:
         handle.write(buffer.getvalue())
 
@@ -562,8 +549,8 @@ def write_report(evaluation: Evaluation, data_dir: str, report_dir: str) -> dict
     """Writes evaluation.md, per_image.csv and figure.png (unless no figure pair) into `report_dir`;
     returns their paths ("figure": "" when there is none)."""
     tf.io.gfile.makedirs(report_dir)
-    paths = {"report": join(report_dir, REPORT_NAME), "csv": join(report_dir, CSV_NAME),
-             "figure": join(report_dir, FIGURE_NAME)}
+    paths = {"report": join_path(report_dir, REPORT_NAME), "csv": join_path(report_dir, CSV_NAME),
+             "figure": join_path(report_dir, FIGURE_NAME)}
     with tf.io.gfile.GFile(paths["csv"], "w") as handle:
         handle.write(csv_text(evaluation.rows))
     if evaluation.figure:

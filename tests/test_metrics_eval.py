@@ -11,16 +11,16 @@ from scipy import stats
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from model import metrics
+from model.evaluation_protocol import CI_METHOD
 from model.evaluation_report import (
-    CI_METHOD,
     ClusteredBootstrap,
     aggregate,
     markdown_table,
     summarise,
     table_notes,
 )
-from pipeline.config import MotionConfig
 from pipeline.kernels import (
+    MotionConfig,
     blur_hu,
     motion_psf,
     motion_trajectory,
