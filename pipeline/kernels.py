@@ -18,7 +18,35 @@ import math
 import numpy as np
 from scipy import signal
 
-from pipeline.config import MotionConfig
+from cli_shell.settings import setting
+
+
+@dataclasses.dataclass(frozen=True)
+class MotionConfig:
+    """Ranges of the random-trajectory motion kernels (DeblurGAN's generator by default)."""
+
+    samples: int = setting(2000, "trajectory samples (steps of the random walk)")
+    length_px_min: float = setting(60.0, "shortest trajectory path length (pixels)")
+    length_px_max: float = setting(60.0, "longest trajectory path length (pixels)")
+    anxiety_min: float = setting(0.003, "lower bound of the shake strength ('exploration'), drawn uniformly")
+    anxiety_max: float = setting(0.01, "upper bound of the shake strength ('exploration'); DeblurGAN draws it from 0.003-0.01")
+    centripetal_max: float = setting(0.7, "upper bound of the pull back to the start, drawn uniformly")
+    jump_probability_max: float = setting(0.2, "upper bound of the impulsive-jump factor (x anxiety = per-step probability)")
+    gaussian_shake_max: float = setting(10.0, "upper bound of the Gaussian velocity shake, drawn uniformly")
+    exposures: tuple[float, ...] = setting((0.1, 0.5, 1.0), "exposure fractions of the path to integrate, one drawn per kernel (DeblurGAN's)")
+    psf_max_size: int = setting(64, "largest PSF side (pixels); longer paths are scaled down to fit")
+
+    def validate(self) -> None:
+        if self.samples < 2:
+            raise ValueError(f"motion samples must be >= 2, got {self.samples}")
+        if not 0 <= self.length_px_min <= self.length_px_max:
+            raise ValueError(f"need 0 <= length_px_min <= length_px_max, got {self.length_px_min}, {self.length_px_max}")
+        if not 0 <= self.anxiety_min <= self.anxiety_max:
+            raise ValueError(f"need 0 <= anxiety_min <= anxiety_max, got {self.anxiety_min}, {self.anxiety_max}")
+        if not self.exposures or any(not 0 < e <= 1 for e in self.exposures):
+            raise ValueError(f"exposures must be fractions in (0, 1], got {self.exposures}")
+        if not 3 <= self.psf_max_size <= 64:
+            raise ValueError(f"psf_max_size must be in [3, 64] pixels, got {self.psf_max_size}")
 
 
 @dataclasses.dataclass(frozen=True)

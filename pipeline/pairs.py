@@ -1,9 +1,14 @@
-"""One slice in HU + its task -> one encoded blur-sharp pair (blur model, noise, record)."""
+"""One slice in HU + its task -> one encoded blur-sharp pair (blur model, noise, record); one
+shard's tasks -> its framed records (`shard_records`) and its manifest entry (`shard_info`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 import numpy as np
 
+from ct_io.errors import CTInputError
+from ct_io.hu import INT16_MAX, INT16_MIN
 from pipeline.config import PipelineConfig
 from pipeline.hashing import derive_rng, patient_key
 from pipeline.kernels import (
@@ -15,11 +20,10 @@ from pipeline.kernels import (
     sample_motion_params,
 )
 from pipeline.noise import add_pair_noise
-from pipeline.planning import PairTask
+from pipeline.planning import PairTask, Rejection
 from pipeline.projection import projection_pair, sample_rigid_motion
-from tfrecords_schema import MOTION_PARAM_NAMES, Pair, encode_pair
+from tfrecords_schema import MOTION_PARAM_NAMES, Pair, encode_pair, frame_record
 
-INT16_MIN, INT16_MAX = -32768, 32767
 NO_PSF = np.zeros((1, 1), np.float32)
 """The `psf` of pairs not blurred by a kernel."""
 
@@ -109,3 +113,51 @@ def make_pair(task: PairTask, hu: np.ndarray, config: PipelineConfig, registered
 def encode_task(task: PairTask, hu: np.ndarray, config: PipelineConfig, registered_fb_hu: np.ndarray | None = None) -> bytes:
     """`make_pair` serialised with the schema."""
     return encode_pair(make_pair(task, hu, config, registered_fb_hu))
+
+
+def shard_records(tasks: Iterable[PairTask | None], config: PipelineConfig, read_hu: Callable[[str], np.ndarray],
+                  read_registered: Callable[[str], dict[str, np.ndarray]]) -> tuple[list[bytes], list[PairTask], list[Rejection]]:
+    """(framed records, tasks written, rejections) of one shard's tasks in record-key order.
+
+    `read_hu(path)` gives a file's HU float32 [frames, H, W]; `read_registered(path)` the
+    registered free-breathing slices by SOPInstanceUID (`archive_sources.registered_slices`).
+    Each file is read once for its consecutive tasks. A file that cannot be read again
+    (CTInputError, OSError) is rejected once, on its first task; its other tasks are left out.
+    `None` tasks (placeholders of empty shards) are skipped.
+    """
+    records, written, rejections = [], [], []
+    cached_path, cached_hu = None, None
+    registered: dict[str, dict[str, np.ndarray]] = {}
+    for task in sorted((t for t in tasks if t is not None), key=lambda t: t.record_key):
+        header = task.header
+        if header.path != cached_path:
+            cached_path, cached_hu = header.path, None
+            try:
+                cached_hu = read_hu(header.path)
+            except (CTInputError, OSError) as error:
+                reason = error.reason if isinstance(error, CTInputError) else "unreadable_file"
+                rejections.append(Rejection(header.path, reason, f"on re-read for writing: {error}", "write",
+                                            header.series_uid, header.sop_instance_uid, task.slice_index))
+        if cached_hu is None:
+            continue
+        fb_hu = None
+        if task.registered_fb:
+            if task.registered_fb not in registered:
+                registered[task.registered_fb] = read_registered(task.registered_fb)
+            fb_hu = registered[task.registered_fb][header.sop_instance_uid]
+        records.append(frame_record(encode_task(task, cached_hu[header.frame_index or 0], config, fb_hu)))
+        written.append(task)
+    return records, written, rejections
+
+
+def shard_info(split_dir: str, file_name: str, written: list[PairTask], sha256: str, patient_salt: str) -> dict:
+    """The manifest entry of one written shard: its file, pair count, sha256 and what it holds."""
+    return {
+        "split": split_dir,
+        "file": f"{split_dir}/{file_name}",
+        "pairs": len(written),
+        "sha256": sha256,
+        "patient_keys": sorted({patient_key(t.patient_id, patient_salt) for t in written}),
+        "series": sorted({t.header.series_uid for t in written}),
+        "slices": sorted({f"{t.header.series_uid}/{t.slice_index}" for t in written}),
+    }

@@ -23,10 +23,8 @@ from apache_beam.metrics import Metrics
 
 from pipeline.archive_sources import registered_slices
 from pipeline.config import PipelineConfig
-from pipeline.dicom_hu import SliceRejected, read_slice_hu, scan_slice
 from pipeline.files import read_bytes, write_bytes
-from pipeline.hashing import patient_key
-from pipeline.pairs import encode_task
+from pipeline.pairs import shard_info, shard_records
 from pipeline.planning import (
     InputFile,
     Plan,
@@ -37,7 +35,8 @@ from pipeline.planning import (
     pair_tasks,
     series_summary,
 )
-from tfrecords_schema import DEAD_LETTER_NAME, UNSELECTED_NAME, frame_record, shard_name
+from pipeline.slice_scan import read_file_hu, scan_file
+from tfrecords_schema import DEAD_LETTER_NAME, UNSELECTED_NAME, shard_name
 
 NAMESPACE = "ctdeblur"
 REJECTED = "rejected"
@@ -53,7 +52,7 @@ def _count_rejection(rejection: Rejection) -> Rejection:
 
 
 class ScanSlicesFn(beam.DoFn):
-    """InputFile -> (series_uid, (InputFile, SliceHeader)), or a tagged Rejection."""
+    """InputFile -> (series_uid, (InputFile, SliceHeader)) per slice (frame), or a tagged Rejection."""
 
     def __init__(self, body_hu_threshold: float):
         self.body_hu_threshold = body_hu_threshold
@@ -63,8 +62,8 @@ class ScanSlicesFn(beam.DoFn):
     def process(self, source: InputFile):
         self.files_read.inc()
         try:
-            header = scan_slice(read_bytes(source.path), source.path, self.body_hu_threshold)
-        except SliceRejected as rejected:
+            headers = scan_file(read_bytes(source.path), source.path, self.body_hu_threshold)
+        except CTInputError as rejected:
             yield beam.pvalue.TaggedOutput(REJECTED, _count_rejection(
                 Rejection(source.path, rejected.reason, rejected.detail, "scan")))
             return
@@ -72,8 +71,9 @@ class ScanSlicesFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(REJECTED, _count_rejection(
                 Rejection(source.path, "unreadable_file", f"{type(error).__name__}: {error}", "scan")))
             return
-        self.slices_scanned.inc()
-        yield header.series_uid, (source, header)
+        self.slices_scanned.inc(len(headers))
+        for header in headers:
+            yield header.series_uid, (source, header)
 
 
 class AssembleSeriesFn(beam.DoFn):
@@ -115,12 +115,33 @@ def _all_shards(plan: Plan):
             yield (name, shard, shards), None
 
 
-class WriteShardFn(beam.DoFn):
-    """((split_dir, shard, shards), tasks) -> shard info dict, plus Rejections.
+def write_shard(directory: str, name: str, records: list[bytes], compression: str) -> str:
+    """Writes framed records as shard `name` under `directory` (local or gs://) and returns the
+    file's sha256 (hex, of the bytes as stored). The file is written under a temporary name and
+    renamed, so a retried bundle rewrites identical bytes; gzip headers carry no time stamp."""
+    if "://" not in directory:
+        os.makedirs(directory, exist_ok=True)
+    temporary = FileSystems.join(directory, f".tmp-{uuid.uuid4().hex}")
+    digest = hashlib.sha256()
+    with FileSystems.create(temporary, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
+        hashing = _HashingWriter(raw, digest)
+        sink = gzip.GzipFile(filename="", mode="wb", fileobj=hashing, compresslevel=GZIP_LEVEL, mtime=0) \
+            if compression == "gzip" else hashing
+        for record in records:
+            sink.write(record)
+        if sink is not hashing:
+            sink.close()
+    FileSystems.rename([temporary], [FileSystems.join(directory, name)])
+    return digest.hexdigest()
 
-    Records are sorted by key, written to a temporary file and renamed into place, so a retried
-    bundle rewrites identical bytes.
-    """
+
+def _read_file_hu(path: str):
+    return read_file_hu(read_bytes(path), path)
+
+
+class WriteShardFn(beam.DoFn):
+    """((split_dir, shard, shards), tasks) -> shard info dict (`pairs.shard_info`), plus Rejections;
+    the records are `pairs.shard_records`, the file `write_shard`."""
 
     def __init__(self, config: PipelineConfig, output: str):
         self.config = config
@@ -130,54 +151,15 @@ class WriteShardFn(beam.DoFn):
 
     def process(self, element):
         (split_dir, shard, shards), tasks = element
-        tasks = sorted((t for t in tasks if t is not None), key=lambda t: t.record_key)
-        final = FileSystems.join(self.output, split_dir, shard_name(shard, shards, self.config.compression))
-        temporary = FileSystems.join(self.output, split_dir, f".tmp-{uuid.uuid4().hex}")
-        if "://" not in self.output:
-            os.makedirs(FileSystems.join(self.output, split_dir), exist_ok=True)
-        digest = hashlib.sha256()
-        written: list = []
-        cached_path, cached_hu = None, None
-        registered: dict[str, dict] = {}
-        with FileSystems.create(temporary, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
-            hashing = _HashingWriter(raw, digest)
-            sink = gzip.GzipFile(filename="", mode="wb", fileobj=hashing, compresslevel=GZIP_LEVEL, mtime=0) \
-                if self.config.compression == "gzip" else hashing
-            for task in tasks:
-                try:
-                    if task.header.path != cached_path:
-                        cached_path, cached_hu = task.header.path, None
-                        cached_hu = read_slice_hu(read_bytes(task.header.path), task.header.path)
-                except (SliceRejected, OSError) as error:
-                    reason = error.reason if isinstance(error, SliceRejected) else "unreadable_file"
-                    yield beam.pvalue.TaggedOutput(REJECTED, _count_rejection(Rejection(
-                        task.header.path, reason, f"on re-read for writing: {error}", "write",
-                        task.header.series_uid, task.header.sop_instance_uid, task.slice_index)))
-                    continue
-                if cached_hu is None:
-                    continue
-                fb_hu = None
-                if task.registered_fb:
-                    if task.registered_fb not in registered:
-                        registered[task.registered_fb] = registered_slices(task.registered_fb)
-                    fb_hu = registered[task.registered_fb][task.header.sop_instance_uid]
-                sink.write(frame_record(encode_task(task, cached_hu, self.config, fb_hu)))
-                written.append(task)
-            if sink is not hashing:
-                sink.close()
-        FileSystems.rename([temporary], [final])
+        records, written, rejections = shard_records(tasks, self.config, _read_file_hu, registered_slices)
+        for rejection in rejections:
+            yield beam.pvalue.TaggedOutput(REJECTED, _count_rejection(rejection))
+        name = shard_name(shard, shards, self.config.compression)
+        digest = write_shard(FileSystems.join(self.output, split_dir), name, records, self.config.compression)
         self.pairs.inc(len(written))
         self.shards.inc()
-        LOG.info("wrote %s: %d pairs", final, len(written))
-        yield {
-            "split": split_dir,
-            "file": f"{split_dir}/{shard_name(shard, shards, self.config.compression)}",
-            "pairs": len(written),
-            "sha256": digest.hexdigest(),
-            "patient_keys": sorted({patient_key(t.patient_id, self.config.patient_salt) for t in written}),
-            "series": sorted({t.header.series_uid for t in written}),
-            "slices": sorted({f"{t.header.series_uid}/{t.slice_index}" for t in written}),
-        }
+        LOG.info("wrote %s/%s: %d pairs", split_dir, name, len(written))
+        yield shard_info(split_dir, name, written, digest, self.config.patient_salt)
 
 
 class _HashingWriter:
@@ -219,9 +201,10 @@ def _rejection_line(rejection: Rejection) -> str:
     return json.dumps(rejection.to_dict(), sort_keys=True)
 
 
-def _summarize(_, files: int, slices: int, series: int, shards: list, rejected: list, plan: Plan,
+def _summarize(_, files: int, slices: int, scanned_files: int, series: int, shards: list, rejected: list, plan: Plan,
                config: PipelineConfig) -> dict:
-    """The run's counts; `rejected` holds ((unit, reason), count) pairs."""
+    """The run's counts; `rejected` holds ((unit, reason), count) pairs. Each multi-frame file
+    read (of `scanned_files` that gave `slices` slices) counts as its frames."""
     splits: dict[str, dict] = {}
     for info in sorted(shards, key=lambda s: s["file"]):
         split = splits.setdefault(info["split"], {"pairs": 0, "patient_keys": set(), "series": set(), "shards": []})
@@ -234,7 +217,8 @@ def _summarize(_, files: int, slices: int, series: int, shards: list, rejected: 
         "splits": {name: {"pairs": s["pairs"], "patients": len(s["patient_keys"]), "series": len(s["series"]),
                           "shards": s["shards"]} for name, s in sorted(splits.items())},
         "patient_keys": {name: sorted(s["patient_keys"]) for name, s in sorted(splits.items())},
-        "inputs": {"files": files, "slices": files, "series": series, "readable_slices": slices},
+        "inputs": {"files": files, "slices": files + slices - scanned_files, "series": series,
+                   "readable_slices": slices},
         "written": {"pairs": sum(s["pairs"] for s in splits.values()), "slices": len(written_slices)},
         "rejected": {reason: n for (unit, reason), n in sorted(rejected) if unit == "file"},
         "rejected_series": {reason: n for (unit, reason), n in sorted(rejected) if unit == "series"},
@@ -298,6 +282,8 @@ class MakeDataset(beam.PTransform):
             | "CountFiles" >> beam.combiners.Count.Globally()
         )
         slices_count = scanned.slices | "CountSlices" >> beam.combiners.Count.Globally()
+        scanned_files_count = (scanned.slices | "ScannedPaths" >> beam.Map(lambda item: item[1][1].path)
+                               | "DistinctPaths" >> beam.Distinct() | "CountScannedFiles" >> beam.combiners.Count.Globally())
         series_count = assembled.series | "CountSeries" >> beam.combiners.Count.Globally()
         reasons = rejected | "ReasonOf" >> beam.Map(lambda r: ((r.unit, r.reason), 1)) | "CountReasons" >> beam.CombinePerKey(sum)
         summary = (
@@ -307,6 +293,7 @@ class MakeDataset(beam.PTransform):
                 _summarize,
                 beam.pvalue.AsSingleton(files_count),
                 beam.pvalue.AsSingleton(slices_count),
+                beam.pvalue.AsSingleton(scanned_files_count),
                 beam.pvalue.AsSingleton(series_count),
                 beam.pvalue.AsList(written.shards),
                 beam.pvalue.AsList(reasons),

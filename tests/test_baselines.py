@@ -6,8 +6,8 @@ import pytest
 from scipy import ndimage
 
 from model import baselines, metrics
-from pipeline.config import MotionConfig
 from pipeline.kernels import (
+    MotionConfig,
     blur_hu,
     motion_psf,
     motion_trajectory,

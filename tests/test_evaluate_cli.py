@@ -18,8 +18,8 @@ from model.evaluate import main
 from model.evaluation_report import ClusteredBootstrap
 from model.export import export_generator
 from model.networks import build_generator
-from pipeline.config import MotionConfig
 from pipeline.kernels import (
+    MotionConfig,
     blur_hu,
     motion_psf,
     motion_trajectory,

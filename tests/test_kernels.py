@@ -3,9 +3,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from pipeline.config import MotionConfig, PipelineConfig
-from pipeline.dicom_hu import SliceHeader
+from pipeline.config import PipelineConfig
+from pipeline.slice_scan import SliceHeader
 from pipeline.kernels import (
+    MotionConfig,
     MotionParams,
     add_noise,
     blur_hu,
