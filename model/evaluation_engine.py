@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import math
 import posixpath
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 

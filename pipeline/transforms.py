@@ -21,6 +21,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from ct_io.errors import CTInputError
 from pipeline.archive_sources import registered_slices
 from pipeline.config import PipelineConfig
 from pipeline.files import read_bytes, write_bytes
