@@ -53,7 +53,7 @@ def setting_value(name: str, value: Any, hint: Any, choices: Iterable[Any] | Non
     elif hint is not Any and (not isinstance(value, hint) or (hint is int and isinstance(value, bool))):
         raise ValueError(f"setting {name!r} in {where} must be {getattr(hint, '__name__', hint)}, got {value!r}")
     if choices is not None and value not in tuple(choices):
-        raise ValueError(f"setting {name!r} in {where} must be one of {', '.join(map(str, choices))}, got {value!r}")
+        raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r} (in {where})")
     return value
 
 
