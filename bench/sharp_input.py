@@ -22,7 +22,7 @@ apply_quiet(verbose=False, console_script=True)
 
 import numpy as np  # noqa: E402
 
-from model.evaluate import iter_pairs, load_models, open_split  # noqa: E402
+from model.evaluation_engine import iter_pairs, load_models, open_split  # noqa: E402
 from model.metrics import psnr  # noqa: E402
 
 
