@@ -10,7 +10,7 @@ import hashlib
 import os
 
 from pipeline.make_dataset import run
-from tests.conftest import dicom_bytes
+from tests.conftest import dicom_bytes, golden_machine
 from tests.ct_files import ct_slice
 
 GOLDEN_SHARDS_SHA256 = {
@@ -38,6 +38,7 @@ def shard_hashes(root: str) -> dict[str, str]:
             for path in sorted(glob.glob(os.path.join(root, "*", "pairs-*")))}
 
 
+@golden_machine
 def test_dataset_bytes_are_those_of_the_golden_run(tmp_path):
     write_dicom_dir(str(tmp_path / "in"))
     output = str(tmp_path / "ds")
