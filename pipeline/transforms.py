@@ -202,10 +202,10 @@ def _rejection_line(rejection: Rejection) -> str:
     return json.dumps(rejection.to_dict(), sort_keys=True)
 
 
-def _summarize(_, files: int, slices: int, scanned_files: int, series: int, shards: list, rejected: list, plan: Plan,
-               config: PipelineConfig) -> dict:
-    """The run's counts; `rejected` holds ((unit, reason), count) pairs. Each multi-frame file
-    read (of `scanned_files` that gave `slices` slices) counts as its frames."""
+def _summarize(_, files: int, slices: int, frames: int, multiframe_files: int, series: int, shards: list,
+               rejected: list, plan: Plan, config: PipelineConfig) -> dict:
+    """The run's counts; `rejected` holds ((unit, reason), count) pairs. A multi-frame file read
+    counts as its frames (`multiframe_files` gave `frames` slices), any other file as one slice."""
     splits: dict[str, dict] = {}
     for info in sorted(shards, key=lambda s: s["file"]):
         split = splits.setdefault(info["split"], {"pairs": 0, "patient_keys": set(), "series": set(), "shards": []})
@@ -218,7 +218,7 @@ def _summarize(_, files: int, slices: int, scanned_files: int, series: int, shar
         "splits": {name: {"pairs": s["pairs"], "patients": len(s["patient_keys"]), "series": len(s["series"]),
                           "shards": s["shards"]} for name, s in sorted(splits.items())},
         "patient_keys": {name: sorted(s["patient_keys"]) for name, s in sorted(splits.items())},
-        "inputs": {"files": files, "slices": files + slices - scanned_files, "series": series,
+        "inputs": {"files": files, "slices": files + frames - multiframe_files, "series": series,
                    "readable_slices": slices},
         "written": {"pairs": sum(s["pairs"] for s in splits.values()), "slices": len(written_slices)},
         "rejected": {reason: n for (unit, reason), n in sorted(rejected) if unit == "file"},
@@ -283,8 +283,10 @@ class MakeDataset(beam.PTransform):
             | "CountFiles" >> beam.combiners.Count.Globally()
         )
         slices_count = scanned.slices | "CountSlices" >> beam.combiners.Count.Globally()
-        scanned_files_count = (scanned.slices | "ScannedPaths" >> beam.Map(lambda item: item[1][1].path)
-                               | "DistinctPaths" >> beam.Distinct() | "CountScannedFiles" >> beam.combiners.Count.Globally())
+        frames = scanned.slices | "Frames" >> beam.Filter(lambda item: item[1][1].frame_index is not None)
+        frames_count = frames | "CountFrames" >> beam.combiners.Count.Globally()
+        multiframe_files_count = (frames | "FramePaths" >> beam.Map(lambda item: item[1][1].path)
+                                  | "DistinctPaths" >> beam.Distinct() | "CountMultiFrameFiles" >> beam.combiners.Count.Globally())
         series_count = assembled.series | "CountSeries" >> beam.combiners.Count.Globally()
         reasons = rejected | "ReasonOf" >> beam.Map(lambda r: ((r.unit, r.reason), 1)) | "CountReasons" >> beam.CombinePerKey(sum)
         summary = (
@@ -294,7 +296,8 @@ class MakeDataset(beam.PTransform):
                 _summarize,
                 beam.pvalue.AsSingleton(files_count),
                 beam.pvalue.AsSingleton(slices_count),
-                beam.pvalue.AsSingleton(scanned_files_count),
+                beam.pvalue.AsSingleton(frames_count),
+                beam.pvalue.AsSingleton(multiframe_files_count),
                 beam.pvalue.AsSingleton(series_count),
                 beam.pvalue.AsList(written.shards),
                 beam.pvalue.AsList(reasons),

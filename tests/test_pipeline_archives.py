@@ -62,7 +62,7 @@ def test_tcia_source_writes_good_series_dead_letters_faults_and_reuses_the_cache
         assert short == 2
 
     assert manifest["written"]["pairs"] == 20 and manifest["splits"]["test"]["pairs"] == 4
-    assert manifest["accounting"]["balanced"]
+    assert manifest["accounting"]["balanced"], (manifest["accounting"], manifest["written"], manifest["rejected"], manifest["inputs"])
     problems, unselected = dead_letters(output)
     by_series = {line["series_uid"]: line for line in problems if line["unit"] == "series"}
     assert by_series[faulty["always_503"].series_uid]["reason"] == "http_503_exhausted"
@@ -115,7 +115,7 @@ def test_idc_source_reads_a_bucket_laid_out_directory(tmp_path):
     assert {p.collection for p in all_pairs(output)} == {"CPTAC-LUAD", "TCGA-SARC"}
     problems, _ = dead_letters(output)
     assert [(line["series_uid"], line["unit"]) for line in problems] == [("1.2.3.404", "series")]
-    assert manifest["accounting"]["balanced"]
+    assert manifest["accounting"]["balanced"], (manifest["accounting"], manifest["written"], manifest["rejected"], manifest["inputs"])
 
 
 def test_idc_source_names_collections_without_ct(tmp_path):
@@ -257,7 +257,7 @@ def test_pairs_source_registers_fb_onto_dibh_and_gates_bad_pairs(fb_dibh_pairs, 
     rejected = [line for line in problems if line["reason"] == "registration_rejected"]
     assert len(rejected) == 1 and "P2" in rejected[0]["detail"] and "low_" in rejected[0]["detail"]
     assert manifest["counters"]["pairs_registered"] == 2
-    assert manifest["accounting"]["balanced"]
+    assert manifest["accounting"]["balanced"], (manifest["accounting"], manifest["written"], manifest["rejected"], manifest["inputs"])
     assert not os.path.exists(os.path.join(output, "_registered"))
 
 
