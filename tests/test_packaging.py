@@ -49,14 +49,27 @@ def test_dockerfiles_install_from_the_same_pins(dockerfile, base_pattern, packag
     assert base and base.group(1) == pins()[package]
 
 
+PACKAGES = sorted(name for name in os.listdir(ROOT)
+                  if name != "tests" and os.path.isfile(os.path.join(ROOT, name, "__init__.py")))
+"""The project's top-level packages: every directory of the repository with an __init__.py."""
+
+
+@pytest.mark.parametrize("dockerfile", ["docker/pipeline/Dockerfile", "docker/trainer/Dockerfile"])
+def test_dockerfiles_copy_every_package(dockerfile):
+    with open(os.path.join(ROOT, dockerfile), encoding="utf-8") as handle:
+        copied = set(re.findall(r"^COPY\s+(\w+)/?\s", handle.read(), flags=re.MULTILINE))
+    assert set(PACKAGES) <= copied, sorted(set(PACKAGES) - copied)
+
+
 def test_sdist_contains_every_module_and_the_pins(tmp_path):
     subprocess.run([sys.executable, "setup.py", "-q", "sdist", "--dist-dir", str(tmp_path)], cwd=ROOT,
                    check=True, capture_output=True)
     (archive,) = glob.glob(str(tmp_path / "ctdeblur-*.tar.gz"))
     names = {name.split("/", 1)[1] for name in tarfile.open(archive).getnames() if "/" in name}
-    modules = {os.path.relpath(path, ROOT) for package in ("pipeline", "model", "tfrecords_schema", "cli_shell")
+    modules = {os.path.relpath(path, ROOT) for package in PACKAGES
                for path in glob.glob(os.path.join(ROOT, package, "**", "*.py"), recursive=True)}
-    assert modules and modules <= names
+    assert {"ct_io", "pipeline", "model", "tfrecords_schema", "cli_shell"} <= set(PACKAGES)
+    assert modules and modules <= names, sorted(modules - names)
     assert "constraints.txt" in names and "setup.py" in names
 
 
