@@ -171,8 +171,10 @@ class TrainConfig:
         "best", "--export writes the generator of the best validation step (mean PSNR gain over blurry), or the last "
         "step's; best falls back to last without validation", choices=("best", "last"),
     )
-    time_budget_minutes: float = _field(0.0, "stop (checkpoint and export) after this many minutes of training in this "
-                                              "run, for equal wall-clock comparisons; 0 = no limit")
+    time_budget_minutes: float = _field(
+        0.0, "stop (checkpoint and export) after this many minutes of training in this run, for equal wall-clock "
+        "comparisons; each sub-dataset gets an equal share of it (what is left, over the sub-datasets left) and the "
+        "cosine learning rate reaches its final fraction at its end; 0 = no limit")
 
     def validate(self) -> TrainConfig:
         """Returns self, or raises ValueError naming the bad setting."""

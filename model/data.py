@@ -11,6 +11,7 @@ records already trained on without decoding them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -183,53 +184,74 @@ class InputShard:
         return self.replicas * self.batch
 
 
-def training_batches(
+def training_batches(split: Split, *, seed: int, **settings) -> tf.data.Dataset:
+    """Batches of one epoch of `split`: `epochs_batches` with the one epoch seed `seed`."""
+    return epochs_batches(split, seeds=[seed], **settings)
+
+
+def epochs_batches(
     split: Split,
     *,
     crop_size: int,
     hu_window: tuple[float, float],
     shuffle_buffer: int,
-    seed: int,
+    seeds: Sequence[int],
     shard: InputShard,
     steps: int,
     skip_steps: int = 0,
     crop_candidates: int = 1,
     random_orientation: bool = False,
 ) -> tf.data.Dataset:
-    """Batches `(blurry, sharp)`, each `[batch, crop, crop, 1]` float32 in [-1, 1], for one epoch.
+    """Batches `(blurry, sharp)`, each `[batch, crop, crop, 1]` float32 in [-1, 1], for epochs of
+    `split` one after another, one per seed of `seeds` (see `epoch_seed`).
 
-    Yields `(steps - skip_steps) * shard.replicas` batches (one per local replica per step);
-    not prefetched, so that epochs can be concatenated first.
-    `seed` (see `epoch_seed`) fixes the file order, the shuffled record order and every crop;
-    all pipelines shuffle alike and take every `count`-th record, so their records are disjoint.
+    Each epoch yields `steps * shard.replicas` batches (one per local replica per step), the first
+    one `(steps - skip_steps) * shard.replicas`; not prefetched, so that sub-datasets can be
+    concatenated first. One pipeline whatever the number of epochs (a pipeline per epoch costs
+    ~0.2 s to build, so a thousand epochs would take minutes to start).
+    An epoch's seed fixes its file order, the record order and every crop: records are shuffled
+    in consecutive windows of `shuffle_buffer` (sorted by a random key drawn from the seed and the
+    record's place in the files; a window as large as the sub-dataset shuffles it whole). All
+    pipelines shuffle alike and take every `count`-th record, so their records are disjoint.
     `crop_candidates` > 1: of that many random crop positions, the one with the largest blur
     difference is taken (see `crop_pair`). `random_orientation`: each crop is turned to one of its
     8 orientations (see `orient_pair`), drawn from the same seed and record index.
     """
-    rng = np.random.default_rng(seed)
-    files = [split.files[i] for i in rng.permutation(len(split.files))]
-    records = tf.data.TFRecordDataset(
-        files, compression_type=split.compression_type, num_parallel_reads=min(len(files), 8)
-    )
-    records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=False).enumerate()
-    if shard.count > 1:
-        records = records.shard(shard.count, shard.index)
-    records = records.skip(skip_steps * shard.records_per_step)
+    reads = min(len(split.files), 8)
+    file_orders = [[split.files[i] for i in np.random.default_rng(seed).permutation(len(split.files))] for seed in seeds]
+    skips = [skip_steps] + [0] * (len(seeds) - 1)
 
-    def decode(index, serialized):
+    def epoch(seed, files, skip):
+        records = tf.data.TFRecordDataset(files, compression_type=split.compression_type, num_parallel_reads=reads)
+        keyed = records.enumerate().map(
+            lambda index, record: (tf.random.stateless_uniform([], seed=tf.stack([seed, index])), record))
+        shuffled = keyed.batch(shuffle_buffer).map(lambda keys, batch: tf.gather(batch, tf.argsort(keys))).unbatch()
+        numbered = shuffled.enumerate()
+        if shard.count > 1:
+            numbered = numbered.shard(shard.count, shard.index)
+        numbered = numbered.skip(skip * shard.records_per_step).take((steps - skip) * shard.records_per_step)
+        return numbered.map(lambda index, record: (seed, index, record))
+
+    def decode(seed, index, serialized):
         pair = parse_pair_tensors(serialized)
         shape = [2] if crop_candidates == 1 else [crop_candidates, 2]
-        position = tf.random.stateless_uniform(shape, seed=tf.stack([tf.constant(seed, tf.int64), index]))
+        position = tf.random.stateless_uniform(shape, seed=tf.stack([seed, index]))
         blurry, sharp = crop_pair(pair["blurry_hu"], pair["sharp_hu"], crop_size, position)
         if random_orientation:
-            orientation = tf.random.stateless_uniform(
-                [], seed=tf.stack([tf.constant(seed, tf.int64), -1 - index]), maxval=8, dtype=tf.int32)
+            orientation = tf.random.stateless_uniform([], seed=tf.stack([seed, -1 - index]), maxval=8, dtype=tf.int32)
             blurry, sharp = orient_pair(blurry, sharp, orientation)
         return hu_to_unit(blurry, hu_window), hu_to_unit(sharp, hu_window)
 
+    epochs = tf.data.Dataset.from_tensor_slices(
+        (tf.constant(list(seeds), tf.int64), tf.constant(file_orders, tf.string), tf.constant(skips, tf.int64)))
+    records = epochs.flat_map(epoch)
     batches = records.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    batches = batches.batch(shard.batch, drop_remainder=True)
-    return batches.take((steps - skip_steps) * shard.replicas)
+    return batches.batch(shard.batch, drop_remainder=True)
+
+
+def concatenate(datasets: Sequence[tf.data.Dataset]) -> tf.data.Dataset:
+    """The datasets one after another."""
+    return functools.reduce(tf.data.Dataset.concatenate, datasets)
 
 
 def largest_difference_crop(blurry_hu: np.ndarray, sharp_hu: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:

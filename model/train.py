@@ -17,7 +17,6 @@ import cli_shell.quiet_start  # noqa: F401  (first: quiets TensorFlow / absl / G
 
 import argparse
 import dataclasses
-import functools
 import hashlib
 import signal
 import sys
@@ -37,10 +36,11 @@ from model.config import NO_PERCEPTUAL, RUNTIME_FIELDS, TrainConfig, add_config_
 from model.data import (
     DatasetError,
     InputShard,
+    concatenate,
     dataset_splits,
     epoch_seed,
+    epochs_batches,
     hu_to_unit,
-    training_batches,
     unit_to_hu,
     validation_pairs,
 )
@@ -77,13 +77,15 @@ class ResumeError(UserError):
 
 
 def make_optimizer(learning_rate: float, config: TrainConfig, total_steps: int, steps_per_update: int = 1,
-                   ) -> keras.optimizers.Optimizer:
+                   budget_fraction: tf.Variable | None = None) -> keras.optimizers.Optimizer:
     """Adam with the config's betas and learning-rate schedule over `total_steps` generator steps
-    (`steps_per_update` optimizer updates each), wrapped for loss scaling under mixed precision."""
+    (`steps_per_update` optimizer updates each; the cosine also follows `budget_fraction`, see
+    `WarmupCosine`), wrapped for loss scaling under mixed precision."""
     rate: float | WarmupCosine = learning_rate
     if config.learning_rate_schedule == "cosine":
         rate = WarmupCosine(learning_rate, total_steps * steps_per_update,
-                            config.learning_rate_warmup_steps * steps_per_update, config.learning_rate_final_fraction)
+                            config.learning_rate_warmup_steps * steps_per_update, config.learning_rate_final_fraction,
+                            budget_fraction)
     adam = keras.optimizers.Adam(rate, beta_1=config.adam_beta_1, beta_2=config.adam_beta_2)
     return keras.optimizers.LossScaleOptimizer(adam) if config.mixed_precision else adam
 
@@ -94,11 +96,13 @@ def network_window(window_hu: tuple[float, float], hu_window: tuple[float, float
     return float(low), float(high)
 
 
-def build_model(config: TrainConfig, vgg: keras.Model | None, total_steps: int = 1) -> ConditionalGAN:
+def build_model(config: TrainConfig, vgg: keras.Model | None, total_steps: int = 1,
+                budget_fraction: tf.Variable | None = None) -> ConditionalGAN:
     """The `config.model`'s GAN (generator, critic and losses from `config`), compiled with both
     optimizers. `vgg`: VGG19 for the perceptual loss (None when there is none: pix2pix, or
     perceptual_weights none). `total_steps`: generator steps of the schedule (the learning rate's;
-    the critic's schedule spans the steps after the generator-only warm-up).
+    the critic's schedule spans the steps after the generator-only warm-up). `budget_fraction`:
+    the part of the time budget used, which both learning rates also decay along.
 
     Call inside `strategy.scope()` so the variables are distributed.
     """
@@ -129,8 +133,8 @@ def build_model(config: TrainConfig, vgg: keras.Model | None, total_steps: int =
         )
     adversarial_steps = max(total_steps - config.generator_warmup_steps, 1)
     gan.compile(
-        make_optimizer(config.generator_learning_rate, config, total_steps),
-        make_optimizer(config.critic_learning_rate, config, adversarial_steps, config.critic_steps),
+        make_optimizer(config.generator_learning_rate, config, total_steps, budget_fraction=budget_fraction),
+        make_optimizer(config.critic_learning_rate, config, adversarial_steps, config.critic_steps, budget_fraction),
     )
     return gan
 
@@ -205,7 +209,8 @@ class Training:
             vgg, self.weights_source = (
                 load_vgg19(config.perceptual_weights) if config.perceptual else (None, NO_PERCEPTUAL_LOSS)
             )
-            self.gan = build_model(config, vgg, schedule.total_steps(self.steps, config.epochs))
+            self.budget_fraction = tf.Variable(0.0, dtype=tf.float32, trainable=False, name="budget_fraction")
+            self.gan = build_model(config, vgg, schedule.total_steps(self.steps, config.epochs), self.budget_fraction)
         if self.weights_source.kind == RANDOM_INIT:
             self.say(f"WARNING: perceptual loss uses {self.weights_source.description} (--perceptual_weights {RANDOM_INIT})")
         if config.validation_pairs:
@@ -240,6 +245,7 @@ class Training:
             **gan.checkpoint_state(),
             **self.position_vars,
             **self.best_vars,
+            budget_fraction=self.budget_fraction,
         )
         self.best_checkpoint = tf.train.Checkpoint(generator=gan.generator)
         self.checkpoint_dir = join_path(self.logdir, CHECKPOINT_DIR)
@@ -338,15 +344,16 @@ class Training:
                 batch=config.batch_per_replica,
             )
             datasets = []
-            for stage, epoch, first_step in epochs:
+            for stage in sorted({stage for stage, _, _ in epochs}):
                 sub = config.subdatasets[stage]
-                datasets.append(training_batches(
+                stage_epochs = [(epoch, first_step) for s, epoch, first_step in epochs if s == stage]
+                datasets.append(epochs_batches(
                     self.train_splits[sub], crop_size=config.crop_size, hu_window=config.hu_window,
-                    shuffle_buffer=config.shuffle_buffer, seed=epoch_seed(config.seed, sub, epoch), shard=shard,
-                    steps=self.steps[stage], skip_steps=first_step, crop_candidates=config.crop_candidates,
-                    random_orientation=config.random_orientation,
+                    shuffle_buffer=config.shuffle_buffer, seeds=[epoch_seed(config.seed, sub, e) for e, _ in stage_epochs],
+                    shard=shard, steps=self.steps[stage], skip_steps=stage_epochs[0][1],
+                    crop_candidates=config.crop_candidates, random_orientation=config.random_orientation,
                 ))
-            return functools.reduce(tf.data.Dataset.concatenate, datasets).prefetch(tf.data.AUTOTUNE)
+            return concatenate(datasets).prefetch(tf.data.AUTOTUNE)
 
         return strategy.distribute_datasets_from_function(dataset_fn)
 
@@ -445,14 +452,29 @@ class Training:
         progress = tqdm(total=total, initial=schedule.steps_done(position, steps, config.epochs), unit="step",
                         disable=not self.chief, dynamic_ncols=True)
         last_saved, last_validated = self.global_step, -1
+        budget = 60.0 * config.time_budget_minutes
+        start_fraction, stage_started = float(self.budget_fraction.numpy()), 0.0
         with writer.as_default():
             self.write_config_summary()
             batches = iter(self.schedule_dataset(position)) if not schedule.finished(position, steps) else None
             tick = time.perf_counter()
             while not schedule.finished(position, steps) and self.stop_signal is None:
-                if config.time_budget_minutes and time.perf_counter() - started > 60.0 * config.time_budget_minutes:
+                elapsed = time.perf_counter() - started
+                if budget and elapsed > budget:
                     self.budget_reached = True
                     break
+                if budget:
+                    self.budget_fraction.assign(schedule.budget_fraction(start_fraction, elapsed, budget))
+                    stages = schedule.stages_left(position, steps)
+                    if schedule.stage_share_used(elapsed, stage_started, budget, stages):
+                        self.say(f"  train-{config.subdatasets[position.stage]}: its share of the time budget "
+                                 f"({(budget - stage_started) / stages / 60.0:.1f} min) used before "
+                                 f"{self.describe(position)}; moving on")
+                        position, stage_started = schedule.next_stage(position, steps, config.epochs), elapsed
+                        self.save(position)
+                        last_saved = self.global_step
+                        batches = iter(self.schedule_dataset(position))
+                        continue
                 stage = position.stage
                 step_fn = warmup_step if self.global_step < config.generator_warmup_steps else train_step
                 logs = step_fn(next(batches))
@@ -471,6 +493,8 @@ class Training:
                 if step % config.checkpoint_every == 0 or position.stage != stage:
                     self.save(position)
                     last_saved = step
+                if position.stage != stage:
+                    stage_started = time.perf_counter() - started
             if self.global_step != last_saved:
                 self.save(position)
             if config.validation_pairs and self.global_step != last_validated:
@@ -526,7 +550,11 @@ def print_start(training: Training) -> None:
             training.say(f"  first {config.generator_warmup_steps} steps: content terms only")
         if config.learning_rate_schedule == "cosine":
             training.say(f"  learning rate: {config.generator_learning_rate:g} after {config.learning_rate_warmup_steps} "
-                         f"warm-up steps, cosine decay to x{config.learning_rate_final_fraction:g} over the schedule")
+                         f"warm-up steps, cosine decay to x{config.learning_rate_final_fraction:g} over the schedule"
+                         + (f" or the time budget, whichever is further along" if config.time_budget_minutes else ""))
+    if config.time_budget_minutes:
+        training.say(f"  time budget: {config.time_budget_minutes:g} min, an equal share of what is left for each "
+                     "sub-dataset left")
     else:
         training.say(f"  model {config.model}: {config.generator} generator, conditional PatchGAN discriminator "
                      f"({config.critic_steps} step(s)), BCE + {config.l1_weight:g} x pixel l1")
@@ -542,6 +570,9 @@ def print_end(training: Training, position: schedule.Position, steps_run: int, s
     if training.stop_signal is not None:
         training.say(f"stopped by signal {training.stop_signal} at global step {training.global_step} "
                      f"(next: {training.describe(position)}); checkpoint saved, rerun the same command to resume")
+    elif training.budget_reached:
+        training.say(f"ctdeblur-train: stopped by the time budget at global step {training.global_step} "
+                     f"({steps_run} steps in this run, {seconds:.1f} s)")
     else:
         training.say(f"ctdeblur-train: schedule complete at global step {training.global_step} "
                      f"({steps_run} steps in this run, {seconds:.1f} s)")

@@ -43,6 +43,7 @@ from model.networks import (
     build_resnet_generator,
     normalisation,
 )
+from model import schedule
 from model.schedule import WarmupCosine
 from model.train import build_model, config_differences, make_optimizer, network_window
 from pipeline.kernels import MotionParams, blur_hu, motion_psf, motion_trajectory
@@ -89,6 +90,32 @@ def test_warmup_cosine_ramps_peaks_and_decays_to_the_final_fraction():
     assert [float(no_warmup(s)) for s in range(6)] == pytest.approx(
         [2.0, 1.0 + 0.5 * (1 + math.cos(math.pi / 4)), 1.5, 1.0 + 0.5 * (1 + math.cos(3 * math.pi / 4)), 1.0, 1.0])
     assert WarmupCosine(**schedule.get_config()).get_config() == schedule.get_config()
+
+
+def test_warmup_cosine_follows_the_time_budget_when_it_is_further_along_than_the_steps():
+    used = tf.Variable(0.0)
+    rate = WarmupCosine(peak=1.0, total=1000, warmup=10, final_fraction=0.1, budget_fraction=used)
+    assert float(rate(5)) == pytest.approx(0.6) and float(rate(10)) == pytest.approx(1.0)
+    used.assign(0.5)
+    assert float(rate(5)) == pytest.approx(0.6)  # the warm-up ramp is the steps'
+    assert float(rate(10)) == pytest.approx(0.55, rel=1e-5)
+    assert float(rate(900)) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(890 / 990 * math.pi)), rel=1e-5)
+    used.assign(1.0)
+    assert float(rate(11)) == pytest.approx(0.1, rel=1e-5)
+
+
+def test_each_sub_dataset_gets_an_equal_share_of_what_is_left_of_the_budget():
+    assert schedule.budget_fraction(0.0, 30.0, 120.0) == 0.25
+    assert schedule.budget_fraction(0.5, 60.0, 120.0) == 0.75  # a resumed run spends the rest of the curve
+    assert schedule.budget_fraction(0.0, 200.0, 120.0) == 1.0
+    steps = [4, 0, 4, 4]
+    assert schedule.stages_left(schedule.Position(0, 0, 0), steps) == 3  # the empty sub-dataset has no share
+    assert schedule.stages_left(schedule.Position(2, 1, 3), steps) == 2
+    assert not schedule.stage_share_used(99.9, 0.0, 300.0, 3) and schedule.stage_share_used(100.0, 0.0, 300.0, 3)
+    assert not schedule.stage_share_used(199.9, 100.0, 300.0, 2) and schedule.stage_share_used(200.0, 100.0, 300.0, 2)
+    assert not schedule.stage_share_used(1e9, 0.0, 300.0, 1)  # the last one runs to the end of the budget
+    assert schedule.next_stage(schedule.Position(0, 3, 2), steps, epochs=5) == schedule.Position(2, 0, 0)
+    assert schedule.next_stage(schedule.Position(3, 0, 1), steps, epochs=5) == schedule.Position(4, 0, 0)
 
 
 def test_optimizers_follow_the_schedule_over_all_steps_and_critic_updates():
@@ -643,3 +670,37 @@ def test_time_budget_stops_early_checkpoints_exports_and_a_rerun_continues(valid
     code, stdout, stderr = run_main(["--data", data, "--logdir", logdir, *TRAIN])  # no budget: runs the rest
     assert code == 0, stderr[-3000:]
     assert "(global step 3)" in stdout and "(1 steps in this run" in stdout and "time budget" not in stdout
+
+
+def test_time_budget_gives_every_sub_dataset_its_share_and_ends_the_cosine(tmp_path, monkeypatch):
+    from model import train
+
+    data = write_dataset(str(tmp_path / "data"), train_pairs=8, test_pairs=1, size=(40, 44), subdatasets=3, shards=1)
+    real_run = train.Training.run
+    current = {}
+
+    def run(training, position):
+        current["training"] = training
+        return real_run(training, position)
+
+    def perf_counter():  # every step lasts a minute on the trainer's clock
+        return time.perf_counter() + 60.0 * (current["training"].global_step if current else 0)
+
+    monkeypatch.setattr(train.Training, "run", run)
+    monkeypatch.setattr(train, "time", types.SimpleNamespace(perf_counter=perf_counter))
+    logdir = str(tmp_path / "logs")
+    code, stdout, stderr = run_main(["--data", data, "--logdir", logdir, *TRAIN, "--subdatasets", "0", "1", "2",
+                                     "--epochs", "5", "--time_budget_minutes", "6"])
+    assert code == 0, stderr[-3000:]
+    # 60 steps without a budget; 6 minutes: 2 of train-0, then (6 - 2) / 2 = 2 of train-1, then train-2 to the end
+    assert "train-0: its share of the time budget (2.0 min) used before train-0 epoch 1/5 step 3/4; moving on" in stdout
+    assert "train-1: its share of the time budget (2.0 min) used before train-1 epoch 1/5 step 3/4; moving on" in stdout
+    assert "time budget of 6 min reached at global step 6 (next: train-2 epoch 1/5 step 3/4)" in stdout
+    checkpoint = tf.train.load_checkpoint(tf.train.latest_checkpoint(os.path.join(logdir, "checkpoints")))
+    used = float(checkpoint.get_tensor("budget_fraction/.ATTRIBUTES/VARIABLE_VALUE"))
+    assert used == pytest.approx(5 / 6, abs=0.03)  # at the start of the 6th minute (plus real seconds)
+    rates = [float(tf.make_ndarray(value.tensor)) for _, value in sorted(scalars(logdir)["learning_rate/generator"],
+                                                                         key=lambda item: item[0])]
+    peak, final = 1e-3, 0.1 * 1e-3  # TRAIN_SETTINGS; the step fraction alone would be 6 / 60 of the way down
+    assert rates[-1] == pytest.approx(final + (peak - final) * 0.5 * (1 + math.cos(math.pi * used)), rel=1e-4)
+    assert rates[1:] == sorted(rates[1:], reverse=True)  # after the 1-step warm-up, only down
