@@ -20,14 +20,18 @@ layer included, so outputs can be compared; the cost does not depend on the weig
 - Settings fixed before TensorFlow starts (graph, batch 1 unless stated): intra-op threads 1,
   inter-op threads 2 (TensorFlow's default on 2 cores), oneDNN off (batch 1 and 4), and oneDNN's
   automatic bfloat16. The main rows use 2 intra-op threads and 1 inter-op thread, as the CLI.
-- bfloat16 on the hot operation: the ResBlock convolution with input and kernel cast to bfloat16
-  (what a bfloat16 path would run), next to float32; these rows run with `ONEDNN_VERBOSE=1` and
-  list the oneDNN kernels that executed (e.g. `brgconv:avx512_core_amx` on a CPU with AMX).
+- bfloat16 on the hot operation: the ResBlock convolution with input and kernel cast to bfloat16,
+  next to float32; and `--precision bf16` of `ctdeblur-deblur`/`ctdeblur-evaluate` (the SavedModel
+  loaded with `load_exported_generator(..., "bf16")`: bfloat16 convolutions, float32 skip,
+  normalisation and HU mapping), batch 1 and 4, paper and small generators. These rows run with
+  `ONEDNN_VERBOSE=1` and list the oneDNN kernels that executed (e.g. `brgconv:avx512_core_amx`
+  on a CPU with AMX).
   `--bf16_check` runs only the bfloat16 settings and their float32 twins.
 Output differences to graph batch 1 on the same input: the largest absolute HU difference, and
 the 99th percentile of |difference| over pixels whose reference lies in [-1000, 1000] HU.
-Then `ctdeblur-deblur` end to end (default settings) on a 512x512 phantom series of
-`--e2e_slices` slices with the paper generator exported: wall time per slice, start-up included.
+Then `ctdeblur-deblur` end to end (default settings, then `--precision bf16`) on a 512x512
+phantom series of `--e2e_slices` slices with the paper generator exported: wall time per slice,
+start-up included.
 """
 
 from __future__ import annotations
@@ -81,6 +85,8 @@ SETTINGS = (
     Setting("graph", batch=4, onednn="off"),
     Setting("graph", precision="bfloat16"),
     Setting("resblock conv", precision="bfloat16"),
+    *(Setting("savedmodel", b, precision="bf16") for b in (1, 4)),
+    Setting("savedmodel small", precision="bf16"),
 )
 REFERENCE = Setting("graph")
 
@@ -144,7 +150,8 @@ def run_setting(call_kind: str, batch: int, intra: int, inter: int, precision: s
 
         call = tf.function(call)
     elif call_kind.startswith("savedmodel"):
-        signature = load_exported_generator(os.path.join(root, "small" if "small" in call_kind else "paper")).signature
+        signature = load_exported_generator(os.path.join(root, "small" if "small" in call_kind else "paper"),
+                                            "bf16" if precision == "bf16" else "float32").signature
         images = unit_to_hu(unit, HU_WINDOW)
 
         def call(x):
@@ -187,7 +194,7 @@ def measure(setting: Setting, root: str, index: int) -> dict:
     """Runs `setting` in a fresh process; returns its JSON (with the oneDNN kernels that ran, for
     the ResBlock convolution)."""
     env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="1" if setting.onednn == "on" else "0", PYTHONPATH=REPO)
-    if setting.call == "resblock conv":
+    if setting.call == "resblock conv" or setting.precision == "bf16":
         env["ONEDNN_VERBOSE"] = "1"
     save = os.path.join(root, f"output-{index}.npy")
     done = subprocess.run([sys.executable, __file__, "--child", *setting.args(), root, save],
@@ -227,13 +234,14 @@ def write_phantom(directory: str, slices: int) -> None:
             handle.write(buffer.getvalue())
 
 
-def end_to_end(root: str, slices: int) -> tuple[float, str]:
-    """(wall seconds, first summary lines) of `ctdeblur-deblur` on a 512x512 phantom series."""
+def end_to_end(root: str, slices: int, precision: str) -> tuple[float, str]:
+    """(wall seconds, first summary lines) of `ctdeblur-deblur --precision P` on a 512x512 phantom series."""
     series_dir = os.path.join(root, "phantom")
-    write_phantom(series_dir, slices)
+    if not os.path.isdir(series_dir):
+        write_phantom(series_dir, slices)
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "model.deblur", series_dir, os.path.join(root, "deblurred"),
-                           "--model", os.path.join(root, "paper"), "--no-progress"],
+    done = subprocess.run([sys.executable, "-m", "model.deblur", series_dir, os.path.join(root, f"deblurred-{precision}"),
+                           "--model", os.path.join(root, "paper"), "--no-progress", "--precision", precision],
                           capture_output=True, text=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), check=False)
     seconds = time.perf_counter() - started
     if done.returncode != 0:
@@ -290,8 +298,8 @@ def main() -> None:
     print(f"cores: {os.cpu_count()}; load average at start {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}", flush=True)
     settings = [s for s in SETTINGS if not args.calls or s.call in args.calls or s == REFERENCE]
     if args.bf16_check:
-        twins = {dataclasses.replace(s, precision="float32") for s in SETTINGS if s.precision == "bfloat16"}
-        settings = [s for s in settings if s.precision == "bfloat16" or s in twins or s == REFERENCE]
+        twins = {dataclasses.replace(s, precision="float32") for s in SETTINGS if s.precision != "float32"}
+        settings = [s for s in settings if s.precision != "float32" or s in twins or s == REFERENCE]
     with tempfile.TemporaryDirectory(prefix="ctdeblur-bench-inference-") as root:
         export(root)
         runs: dict[Setting, list[dict]] = {setting: [] for setting in settings}
@@ -300,16 +308,16 @@ def main() -> None:
                 runs[setting].append(measure(setting, root, index + round_index * len(settings)))
                 print(f"round {round_index + 1}: {' '.join(setting.label())}: first {runs[setting][-1]['first']:.1f} s, "
                       f"{runs[setting][-1]['seconds'] * 1000:.0f} ms/slice", flush=True)
-        e2e = end_to_end(root, args.e2e_slices) if args.e2e_slices else None
+        e2e = {precision: end_to_end(root, args.e2e_slices, precision) for precision in ("float32", "bf16")
+               if args.e2e_slices}
         gflop = generator_gflop()
         load = os.getloadavg()
         print(f"\nload average at end {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; "
               f"paper generator {gflop:.0f} GFLOP per 512x512 slice\n")
         print_table(runs, gflop)
-        if e2e:
-            seconds, summary = e2e
-            print(f"\nctdeblur-deblur end to end, {args.e2e_slices} slices 512x512: {seconds:.1f} s wall, "
-                  f"{seconds / args.e2e_slices:.2f} s/slice (start-up included)\n  {summary}")
+        for precision, (seconds, summary) in e2e.items():
+            print(f"\nctdeblur-deblur --precision {precision} end to end, {args.e2e_slices} slices 512x512: "
+                  f"{seconds:.1f} s wall, {seconds / args.e2e_slices:.2f} s/slice (start-up included)\n  {summary}")
 
 
 if __name__ == "__main__":

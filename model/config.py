@@ -33,6 +33,11 @@ MODELS = ("ours", "paper", "deblurgan", "pix2pix")
 states it, and the two learned baselines of its Table 1."""
 TRAIN_SUBDATASETS = 7
 
+PRECISIONS = ("float32", "bf16")
+"""Generator arithmetic at inference (`ctdeblur-deblur`, `ctdeblur-evaluate`): float32 (the export
+as saved), or bf16: the convolutions in bfloat16 (oneDNN runs them on AMX or AVX512-BF16 where the
+CPU has them), the global skip, the normalisation layers and the HU mapping in float32."""
+
 NO_PERCEPTUAL = "none"
 """`perceptual_weights` value that turns the perceptual term off (no VGG19 is loaded)."""
 

@@ -39,6 +39,7 @@ from cli_shell.command import UserError, run_command
 from cli_shell.quiet import add_verbose_flag
 from cli_shell.settings import add_config_flags, config_from_layers, flag_settings, read_yaml_settings
 from cli_shell.settings import setting as _field
+from model.config import PRECISIONS
 from model.dicom_series import (
     DecodedObject,
     Derivation,
@@ -77,6 +78,9 @@ class DeblurConfig:
     batch_size: int = _field(4, "slices per generator call; 4 was fastest on 2 CPU cores (bench/inference.py); peak memory of "
                                 "the paper generator at 512x512: about 0.95 GB at 1, 1.55 GB at 4, 2.3 GB at 8")
     threads: int = _field(0, "CPU threads of TensorFlow's intra-op pool; 0 = one per core")
+    precision: str = _field("float32", "generator arithmetic: float32, or bf16 (bfloat16 convolutions; skip, normalisation "
+                                       "and HU mapping in float32): several times faster on CPUs with AMX, within a few "
+                                       "HU of float32 (BENCHMARKS.md)", choices=PRECISIONS)
     series_description_suffix: str = _field(" deblurred", "appended to SeriesDescription (the result is cut to 64 characters)")
     series_number_offset: int = _field(1000, "SeriesNumber of the new series = the input's + this")
     png_window_hu: tuple[float, float] = _field((-1000.0, 1000.0), "HU window mapped to black..white in PNG output")
@@ -409,7 +413,7 @@ def run(args: argparse.Namespace, config: DeblurConfig) -> int:
 
         configure_threads(config.threads)
         try:
-            model = load_exported_generator(args.model)
+            model = load_exported_generator(args.model, config.precision)
         except ExportError as error:
             raise DeblurError(str(error)) from error
         if len(model.info.get("hu_window") or ()) != 2:

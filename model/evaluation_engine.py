@@ -133,12 +133,12 @@ def unique_names(names: Sequence[str], reserved: Sequence[str] = (BLURRY, *BASEL
     return unique
 
 
-def load_models(directories: Sequence[str]) -> list[ModelMethod]:
-    """Loads each exported generator; EvaluationError for a directory that is not one."""
+def load_models(directories: Sequence[str], precision: str = "float32") -> list[ModelMethod]:
+    """Loads each exported generator to run at `precision`; EvaluationError for a directory that is not one."""
     loaded = []
     for directory in directories:
         try:
-            loaded.append(load_exported_generator(directory))
+            loaded.append(load_exported_generator(directory, precision))
         except ExportError as error:
             raise EvaluationError(str(error)) from error
     return [ModelMethod(name, model) for name, model in zip(unique_names([m.name for m in loaded]), loaded)]
@@ -322,7 +322,7 @@ class Evaluation:
 def evaluate(config: EvalConfig, data_dir: str, model_dirs: Sequence[str], validation_dir: str | None) -> Evaluation:
     """Loads the models, streams and scores the split; returns the finished `Evaluation`."""
     source = open_split(data_dir)
-    models = load_models(model_dirs)
+    models = load_models(model_dirs, config.precision)
     validation = validation_dir or join_path(posixpath.dirname(source.directory) or ".", train_dir(0))
     if validation.rstrip("/") == source.directory:
         raise EvaluationError(f"--validation {validation} is the test split: choose the baselines' settings on a "

@@ -12,6 +12,7 @@ from typing import Any
 
 from cli_shell.settings import build_config, merge_settings, setting
 from model import metrics
+from model.config import PRECISIONS
 from model.baselines import DEFAULT_RL_ITERATIONS_GRID, DEFAULT_WIENER_NSR_GRID
 
 BLURRY = "blurry"
@@ -53,6 +54,8 @@ class EvalConfig:
         DEFAULT_RL_ITERATIONS_GRID, "Richardson-Lucy iteration counts to choose from likewise (one value: used as given)")
     tune_pairs: int = setting(16, "validation pairs with an image-space PSF used to choose the Wiener NSR and RL iterations")
     batch_size: int = setting(4, "pairs per model call")
+    precision: str = setting("float32", "the models' arithmetic: float32, or bf16 (bfloat16 convolutions; skip, "
+                                        "normalisation and HU mapping in float32; BENCHMARKS.md)", choices=PRECISIONS)
     max_pairs: int = setting(0, "evaluate only the first N pairs of the split (0 = all)")
     figure_pairs: int = setting(3, "pairs (rows) in figure.png, those with the smallest SHA-256 of their record_key")
     figure_difference_hu: float = setting(200.0, "difference maps (method - sharp) are shown from -D to +D HU")

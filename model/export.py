@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from model.config import TrainConfig
+from model.config import PRECISIONS, TrainConfig, config_from_dict
 from model.data import hu_to_unit, unit_to_hu
 from model.networks import build_generator
 from tfrecords_schema import join_path
@@ -92,8 +92,28 @@ class ExportedGenerator:
         return self.signature(hu=images)["hu"].numpy()[..., 0]
 
 
-def load_exported_generator(export_dir: str) -> ExportedGenerator:
-    """Loads a directory written by `export_generator` (local or gs://); ExportError if it is not one."""
+def bfloat16_deblur_function(loaded: Any, config: TrainConfig):
+    """The `deblur_hu` function of the generator `config` describes, built under Keras'
+    mixed_bfloat16 policy (its skip, residual and normalisation layers stay float32, see
+    `model.networks`) and given the float32 weights of the loaded SavedModel `loaded`."""
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        generator = build_generator(config)
+    finally:
+        keras.config.set_dtype_policy(policy)
+    saved = list(loaded.variables)
+    if [tuple(v.shape) for v in saved] != [tuple(v.shape) for v in generator.variables]:
+        raise ExportError("the export's weights do not fit the generator its ctdeblur_generator.json describes")
+    for variable, value in zip(generator.variables, saved):
+        variable.assign(value)
+    return tf.function(deblur_function(generator, config.hu_window),
+                       input_signature=[tf.TensorSpec(shape=None, dtype=tf.float32, name="hu")])
+
+
+def load_exported_generator(export_dir: str, precision: str = "float32") -> ExportedGenerator:
+    """Loads a directory written by `export_generator` (local or gs://) to run at `precision`
+    (one of `PRECISIONS`); ExportError if it is not one."""
     info_path = join_path(export_dir, EXPORT_INFO_NAME)
     if not tf.io.gfile.exists(info_path):
         raise ExportError(
@@ -105,6 +125,10 @@ def load_exported_generator(export_dir: str) -> ExportedGenerator:
             info = json.loads(handle.read())
         loaded = tf.saved_model.load(export_dir)
         signature = loaded.signatures["serving_default"]
+        if precision == "bf16":
+            signature = bfloat16_deblur_function(loaded, config_from_dict(info["config"], where=info_path))
+        elif precision != "float32":
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     except (json.JSONDecodeError, KeyError, OSError, ValueError, tf.errors.OpError) as error:
         raise ExportError(f"cannot load the exported generator in {export_dir}: {error}") from error
     name = str(info.get("model") or os.path.basename(export_dir.rstrip("/")))

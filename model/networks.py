@@ -142,19 +142,21 @@ class GlobalSkip(keras.layers.Layer):
 
 
 def instance_norm(name: str) -> keras.layers.Layer:
-    """Instance normalisation (per image and channel over H, W) with learned scale and offset."""
-    return keras.layers.GroupNormalization(groups=-1, epsilon=1e-5, name=name)
+    """Instance normalisation (per image and channel over H, W) with learned scale and offset,
+    in float32 under a mixed policy too (a variance over a whole image needs float32)."""
+    return keras.layers.GroupNormalization(groups=-1, epsilon=1e-5, dtype="float32", name=name)
 
 
 def normalisation(kind: str, name: str) -> keras.layers.Layer:
     """The normalisation layer `kind`: batch, instance, layer (per sample over H, W and channels,
-    with a learned scale and offset per channel) or none (the identity)."""
+    with a learned scale and offset per channel) or none (the identity); float32 under a mixed
+    policy too."""
     if kind == "batch":
-        return keras.layers.BatchNormalization(name=name)
+        return keras.layers.BatchNormalization(dtype="float32", name=name)
     if kind == "instance":
         return instance_norm(name)
     if kind == "layer":
-        return keras.layers.GroupNormalization(groups=1, epsilon=1e-5, name=name)
+        return keras.layers.GroupNormalization(groups=1, epsilon=1e-5, dtype="float32", name=name)
     if kind == "none":
         return keras.layers.Identity(name=name)
     raise ValueError(f"unknown normalisation {kind!r}: batch, instance, layer or none")

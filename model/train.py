@@ -373,7 +373,7 @@ class Training:
         if seconds_per_step > 0:
             tf.summary.scalar("throughput/pairs_per_second", self.global_batch / seconds_per_step, step=self.global_step)
 
-    def validate(self) -> None:
+    def score_validation_pairs(self) -> None:
         """Scores the fixed validation pairs (PSNR/SSIM, full field and body mask, and their gains
         over the blurry input) to TensorBoard with image triplets; keeps the generator of the best
         mean PSNR gain in LOGDIR/best_generator."""
@@ -488,7 +488,7 @@ class Training:
                     tick = now
                     progress.set_postfix({short: f"{float(logs[name]):.3g}" for name, short in PROGRESS_LOGS.items() if name in logs})
                 if config.validation_pairs and step % config.validation_every == 0:
-                    self.validate()
+                    self.score_validation_pairs()
                     last_validated = step
                 if step % config.checkpoint_every == 0 or position.stage != stage:
                     self.save(position)
@@ -498,7 +498,7 @@ class Training:
             if self.global_step != last_saved:
                 self.save(position)
             if config.validation_pairs and self.global_step != last_validated:
-                self.validate()
+                self.score_validation_pairs()
         writer.flush()
         progress.close()
         return position

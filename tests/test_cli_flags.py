@@ -65,12 +65,12 @@ COMMAND_FLAGS = {
     "model.evaluate": ("""
         --baselines --batch_size --body_component_fraction --body_threshold_hu --bootstrap_resamples
         --bootstrap_seed --config --data --figure_difference_hu --figure_pairs --full_range_hu
-        --help --json --max_pairs --model --no_baselines --preset --report --rl_iterations
+        --help --json --max_pairs --model --no_baselines --precision --preset --report --rl_iterations
         --tune_pairs --validation --verbose --wiener_nsr --window_hu -h
     """.split(), []),
     "model.deblur": ("""
         --batch_size --config --format --help --missing_rescale --model --no-progress --overwrite
-        --png_window_hu --progress --series_description_suffix --series_number_offset --series_uid
+        --png_window_hu --precision --progress --series_description_suffix --series_number_offset --series_uid
         --threads --verbose -h
     """.split(), ['input', 'output']),
     "pipeline.phantom_cli": ("""

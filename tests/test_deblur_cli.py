@@ -483,6 +483,19 @@ def test_trained_like_model_changes_the_body_and_keeps_padding(phantom, models, 
         assert -1024 <= hu_out[inside].min() and hu_out[inside].max() <= 3071
 
 
+def test_precision_bf16_writes_the_series_within_a_few_hu_of_float32(phantom, models, tmp_path, capsys):
+    outputs = {}
+    for precision in ("float32", "bf16"):
+        code, _, err = deblur([phantom[1], str(tmp_path / precision), "--model", models["perturbed"],
+                               "--precision", precision], capsys)
+        assert code == 0, err
+        outputs[precision] = {str(d.SourceImageSequence[0].ReferencedSOPInstanceUID): hu_of(d)
+                              for d in read_dir(str(tmp_path / precision))}
+    assert outputs["bf16"].keys() == outputs["float32"].keys()
+    difference = np.concatenate([np.abs(outputs["bf16"][uid] - hu).ravel() for uid, hu in outputs["float32"].items()])
+    assert np.percentile(difference, 99) <= 5.0 and difference.max() > 0
+
+
 def test_nifti_and_png(phantom, models, tmp_path, capsys):
     _, clean, inputs = phantom
     code, out, err = deblur([clean, str(tmp_path / "nii"), "--model", models["identity"], "--format", "nifti"], capsys)
