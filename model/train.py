@@ -449,7 +449,8 @@ class Training:
         config, steps = self.config, self.steps
         total = schedule.total_steps(steps, config.epochs)
         started = time.perf_counter()
-        progress = tqdm(total=total, initial=schedule.steps_done(position, steps, config.epochs), unit="step",
+        progress = tqdm(total=None if config.time_budget_minutes else total,  # a budget ends it, not the step count
+                        initial=schedule.steps_done(position, steps, config.epochs), unit="step",
                         disable=not self.chief, dynamic_ncols=True)
         last_saved, last_validated = self.global_step, -1
         budget = 60.0 * config.time_budget_minutes
