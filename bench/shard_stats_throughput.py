@@ -13,7 +13,7 @@ warm-up pass that fills the page cache and compiles the XLA kernels):
   table/8:      the same with --image_stride 8 (images measured on every 8th record);
   table/none:   the same with images measured on no record but the first of each shard
                 (counts, patients, collections, PSF extent, trajectory lengths only);
-  ssim only:    `ssim_hu` (the XLA-compiled SSIM the table runs) on the decoded images of every
+  ssim only:    `pair_ssim` (the XLA-compiled SSIM the table runs) on the decoded images of every
                 pair, one after the other in this thread: the floor that SSIM alone sets;
   histograms:   `hu_histogram` of both images of every pair (numpy, this thread);
 and the HTML report (8 examples) once. Prints a Markdown table of pairs/s, ratios to `read`, and
@@ -37,7 +37,7 @@ import tensorflow as tf  # noqa: E402
 from scipy.signal import fftconvolve  # noqa: E402
 
 from pipeline.stats.config import StatsConfig  # noqa: E402
-from pipeline.stats.metrics import hu_histogram, ssim_hu  # noqa: E402
+from pipeline.stats.metrics import hu_histogram, pair_ssim  # noqa: E402
 from pipeline.stats.reader import find_shards, read_dataset, read_pairs  # noqa: E402
 from pipeline.stats.report import choose_examples, collect, to_json  # noqa: E402
 from pipeline.stats.report_html import Example, render_html  # noqa: E402
@@ -173,7 +173,7 @@ def main() -> None:
         "table/8": lambda: time_table(root, shards, StatsConfig(image_stride=8)),
         "table/none": lambda: time_table(root, shards, StatsConfig(image_stride=PAIRS_PER_SHARD)),
         "ssim only": lambda: time_images(
-            tensors, args.pairs, lambda sharp, blurry: ssim_hu(sharp, blurry, default.window_hu).numpy()
+            tensors, args.pairs, lambda sharp, blurry: pair_ssim(sharp, blurry, default.window_hu).numpy()
         ),
         "histograms": lambda: time_images(
             decoded, args.pairs, lambda sharp, blurry: (hu_histogram(sharp), hu_histogram(blurry))

@@ -19,7 +19,9 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from pipeline.archives.idc import IdcSeriesRecord, idc_series_files
+from ct_io.series import CTSeries
 from pipeline.archives.registration import (
+    RegistrationResult,
     SeriesVolumeError,
     read_ct_series,
     read_series_volume,
@@ -30,6 +32,7 @@ from pipeline.archives.series import ArchiveError, SeriesListing
 from pipeline.archives.tcia import fetch_series
 from pipeline.config import PipelineConfig
 from pipeline.files import list_files, read_bytes, write_bytes
+from pipeline.pairs import to_int16_hu
 from pipeline.planning import InputFile, Rejection
 
 LOG = logging.getLogger("ctdeblur.pipeline")
@@ -124,64 +127,104 @@ def _series_paths(directory: str) -> list[str]:
     return sorted(m.path for m in FileSystems.match([list_files(directory)])[0].metadata_list)
 
 
+def fb_slices_npz(sop_instance_uids: list[str], fb_hu: np.ndarray) -> bytes:
+    """The npz file of a registered pair: DIBH SOPInstanceUIDs and, in the same order, the FB
+    slices resampled onto them (int16 HU [N, H, W])."""
+    buffer = io.BytesIO()
+    np.savez(buffer, sop_instance_uids=np.asarray(sop_instance_uids), fb_hu=fb_hu)
+    return buffer.getvalue()
+
+
+def fb_slices_of_npz(data: bytes) -> dict[str, np.ndarray]:
+    """SOPInstanceUID of a DIBH slice -> FB resampled onto it (int16 HU [H, W]), from
+    `fb_slices_npz`' bytes."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+        return dict(zip(archive["sop_instance_uids"].tolist(), archive["fb_hu"]))
+
+
 def registered_slices(fb_volume_path: str) -> dict[str, np.ndarray]:
     """SOPInstanceUID of a DIBH slice -> FB resampled onto it (int16 HU [H, W])."""
-    with np.load(io.BytesIO(read_bytes(fb_volume_path)), allow_pickle=False) as archive:
-        return dict(zip(archive["sop_instance_uids"].tolist(), archive["fb_hu"]))
+    return fb_slices_of_npz(read_bytes(fb_volume_path))
+
+
+def pair_rejection(row: PairRow, reason: str, detail: str) -> Rejection:
+    """The series-level Rejection of a pair that gives no files."""
+    return Rejection(row.dibh_series, reason, f"pair {row.patient_id}: FB {row.fb_series} -> DIBH "
+                     f"{row.dibh_series}: {detail}", "register", unit="series")
+
+
+def registration_summary(result: RegistrationResult) -> str:
+    """One line on the registration's quality and motion (NCC, overlap, mm, degrees)."""
+    return (f"NCC inside body {result.ncc_body:.3f}, body overlap {result.body_overlap:.2f}, "
+            f"translation {np.round(result.translation_mm, 2).tolist()} mm, "
+            f"rotation {np.round(result.rotation_deg, 2).tolist()} deg")
+
+
+@dataclasses.dataclass(frozen=True)
+class RegisteredPair:
+    """What a registered pair gives: an InputFile per usable DIBH slice, the rejections, and the
+    npz bytes of the FB slices (`fb_slices_npz`) to store at the files' `registered_path`.
+
+    `npz` is None when the pair is rejected as a whole: `rejections` then holds its one
+    series-level Rejection; otherwise `rejections` are the DIBH slices FB does not cover."""
+
+    files: tuple[InputFile, ...]
+    rejections: tuple[Rejection, ...]
+    npz: bytes | None
+
+
+def registered_pair(row: PairRow, dibh_series: CTSeries, fb_hu: np.ndarray, result: RegistrationResult,
+                    collection: str, volume_path: str) -> RegisteredPair:
+    """The outputs of pair `row` given its DIBH series (frames in stack order), FB resampled on
+    the DIBH grid (HU float32 [Z, H, W]) and the registration verdict; the files point at
+    `volume_path`, where the caller stores `npz`."""
+    if dibh_series.multiframe:
+        return RegisteredPair((), (pair_rejection(
+            row, "multiframe_dibh", "registered pairs need the breath-hold series as single-frame files"),), None)
+    if not result.accepted:
+        return RegisteredPair((), (pair_rejection(
+            row, "registration_rejected", f"{result.reason}; {registration_summary(result)}"),), None)
+    usable = set(result.usable_slices)
+    ordered = [(frame.source, frame.sop_instance_uid) for frame in dibh_series.frames]
+    npz = fb_slices_npz([uid for z, (_, uid) in enumerate(ordered) if z in usable], to_int16_hu(fb_hu[sorted(usable)]))
+    files = tuple(InputFile(path, collection, "registered", volume_path)
+                  for z, (path, _) in enumerate(ordered) if z in usable)
+    rejections = tuple(Rejection(
+        path, "outside_registered_fb", "free-breathing scan does not cover this breath-hold slice's body",
+        "register", "", uid, z, unselected=True) for z, (path, uid) in enumerate(ordered) if z not in usable)
+    return RegisteredPair(files, rejections, npz)
 
 
 class RegisterPairFn(beam.DoFn):
     """PairRow -> an InputFile per usable DIBH slice (with the registered FB slices stored beside),
-    or a series Rejection (unreadable series, registration below the quality gate)."""
+    or a series Rejection (unreadable series, registration below the quality gate); the outputs
+    are `registered_pair`'s, this shell reads the series and writes the npz."""
 
     def __init__(self, config: PipelineConfig, work_dir: str):
         self.config = config
         self.work_dir = work_dir
 
     def process(self, row: PairRow):
-        from pipeline.pairs import to_int16_hu
-
         try:
             fb_paths, dibh_paths = _series_paths(row.fb_series), _series_paths(row.dibh_series)
             dibh_series, dibh_hu = read_ct_series(dibh_paths)
             fb, dibh = read_series_volume(fb_paths), series_volume(dibh_series, dibh_hu)
             fb_hu, result = register_fb_to_dibh(fb, dibh, self.config.registration, row.transform or None)
         except SeriesVolumeError as error:
-            yield beam.pvalue.TaggedOutput(REJECTED, self._reject(row, error.reason, error.detail))
-            return
+            outcome = RegisteredPair((), (pair_rejection(row, error.reason, error.detail),), None)
         except (OSError, ValueError) as error:
-            yield beam.pvalue.TaggedOutput(REJECTED, self._reject(row, "unreadable_pair", f"{type(error).__name__}: {error}"))
-            return
-        if dibh_series.multiframe:
-            yield beam.pvalue.TaggedOutput(REJECTED, self._reject(
-                row, "multiframe_dibh", "registered pairs need the breath-hold series as single-frame files"))
-            return
-        summary = (f"NCC inside body {result.ncc_body:.3f}, body overlap {result.body_overlap:.2f}, "
-                   f"translation {np.round(result.translation_mm, 2).tolist()} mm, "
-                   f"rotation {np.round(result.rotation_deg, 2).tolist()} deg")
-        if not result.accepted:
-            yield beam.pvalue.TaggedOutput(REJECTED, self._reject(row, "registration_rejected", f"{result.reason}; {summary}"))
+            outcome = RegisteredPair((), (pair_rejection(row, "unreadable_pair", f"{type(error).__name__}: {error}"),), None)
+        else:
+            volume_path = FileSystems.join(self.work_dir, f"{row.pair_id}.npz")
+            outcome = registered_pair(row, dibh_series, fb_hu, result, self.config.registered_collection, volume_path)
+        if outcome.npz is None:
+            for rejection in outcome.rejections:
+                Metrics.counter(NAMESPACE, f"rejected_{rejection.reason}").inc()
+                yield beam.pvalue.TaggedOutput(REJECTED, rejection)
             return
         Metrics.counter(NAMESPACE, "pairs_registered").inc()
-        LOG.info("registered %s onto %s: %s", row.fb_series, row.dibh_series, summary)
-        usable = set(result.usable_slices)
-        volume_path = FileSystems.join(self.work_dir, f"{row.pair_id}.npz")
-        buffer = io.BytesIO()
-        ordered = [(frame.source, frame.sop_instance_uid) for frame in dibh_series.frames]
-        np.savez(buffer, sop_instance_uids=np.asarray([uid for z, (_, uid) in enumerate(ordered) if z in usable]),
-                 fb_hu=to_int16_hu(fb_hu[sorted(usable)]))
-        write_bytes(volume_path, buffer.getvalue())
-        collection = self.config.registered_collection
-        for z, (path, uid) in enumerate(ordered):
-            if z in usable:
-                yield InputFile(path, collection, "registered", volume_path)
-            else:
-                yield beam.pvalue.TaggedOutput(REJECTED, Rejection(
-                    path, "outside_registered_fb", "free-breathing scan does not cover this breath-hold slice's body",
-                    "register", "", uid, z, unselected=True))
-
-    def _reject(self, row: PairRow, reason: str, detail: str) -> Rejection:
-        Metrics.counter(NAMESPACE, f"rejected_{reason}").inc()
-        return Rejection(row.dibh_series, reason, f"pair {row.patient_id}: FB {row.fb_series} -> DIBH "
-                         f"{row.dibh_series}: {detail}", "register", unit="series")
-
+        LOG.info("registered %s onto %s: %s", row.fb_series, row.dibh_series, registration_summary(result))
+        write_bytes(volume_path, outcome.npz)
+        yield from outcome.files
+        for rejection in outcome.rejections:
+            yield beam.pvalue.TaggedOutput(REJECTED, rejection)

@@ -1,8 +1,9 @@
 """Beam transforms: thin wrappers that map the pure functions of `pipeline.*` over PCollections.
 
 Graph (labels as in the Beam UI):
-  Read_<source> -> ScanSlices -> GroupBySeries -> AssembleSeries -> PlanDataset (global)
-  -> SelectPairs -> GroupByShard -> WriteShards ; rejections -> WriteDeadLetters ; Summarize
+  Read_<source> -> ScanSlices -> Assemble (GroupBySeries, AssembleSeries) -> PlanDataset (global)
+  -> WriteShards (SelectPairs, GroupByShard, WriteShards) ; rejections -> WriteDeadLetters ;
+  CountInputs -> Summarize
 Heavy data (pixels) never crosses a shuffle: shards are written by re-reading their selected
 files, so memory stays bounded by one shard writer per worker whatever the dataset size.
 """
@@ -230,6 +231,138 @@ def _summarize(_, files: int, slices: int, frames: int, multiframe_files: int, s
     }
 
 
+class AssembleSeries(beam.PTransform):
+    """(series_uid, (InputFile, SliceHeader)) per slice -> {"series": SeriesSlices, REJECTED: Rejection}."""
+
+    def __init__(self, min_body_fraction: float):
+        super().__init__()
+        self.min_body_fraction = min_body_fraction
+
+    def expand(self, slices):
+        assembled = (
+            slices
+            | "GroupBySeries" >> beam.GroupByKey()
+            | "AssembleSeries" >> beam.ParDo(AssembleSeriesFn(self.min_body_fraction)).with_outputs(
+                REJECTED, main="series")
+        )
+        return {"series": assembled.series, REJECTED: assembled[REJECTED]}
+
+
+class PlanDataset(beam.PTransform):
+    """SeriesSlices -> the one global `Plan` (`planning.make_plan` over every series' summary)."""
+
+    def __init__(self, config: PipelineConfig):
+        super().__init__()
+        self.config = config
+
+    def expand(self, series):
+        return (
+            series
+            | "SeriesSummaries" >> beam.Map(series_summary, self.config.patient_salt)
+            | "CollectSummaries" >> beam.combiners.ToList()
+            | "PlanDataset" >> beam.Map(make_plan, self.config)
+        )
+
+
+class WriteShards(beam.PTransform):
+    """{"series": SeriesSlices, "plan": the Plan} -> {"shards": shard info dicts, REJECTED: Rejection}:
+    selects the pairs under the plan and writes every planned shard under `output`, empty ones too."""
+
+    def __init__(self, config: PipelineConfig, output: str):
+        super().__init__()
+        self.config = config
+        self.output = output
+
+    def expand(self, inputs):
+        plan = inputs["plan"]
+        selected = inputs["series"] | "SelectPairs" >> beam.ParDo(
+            SelectPairsFn(self.config), beam.pvalue.AsSingleton(plan)).with_outputs(REJECTED, main="tasks")
+        placeholders = plan | "AllShards" >> beam.FlatMap(_all_shards)
+        written = (
+            (selected.tasks, placeholders)
+            | "UnionShards" >> beam.Flatten()
+            | "GroupByShard" >> beam.GroupByKey()
+            | "WriteShards" >> beam.ParDo(WriteShardFn(self.config, self.output)).with_outputs(REJECTED, main="shards")
+        )
+        rejected = (selected[REJECTED], written[REJECTED]) | "ShardRejections" >> beam.Flatten()
+        return {"shards": written.shards, REJECTED: rejected}
+
+
+class WriteDeadLetters(beam.PTransform):
+    """Rejections -> the two dead-letter files under `output`, one JSON line each, sorted: problems
+    (`DEAD_LETTER_NAME`) and valid inputs deliberately not used (`UNSELECTED_NAME`)."""
+
+    def __init__(self, output: str):
+        super().__init__()
+        self.output = output
+
+    def expand(self, rejected):
+        problems = rejected | "Problems" >> beam.Filter(lambda r: not r.unselected)
+        unselected = rejected | "Unselected" >> beam.Filter(lambda r: r.unselected)
+        return (
+            problems | "ProblemLines" >> beam.Map(_rejection_line)
+            | "WriteDeadLetter" >> WriteSortedLines(FileSystems.join(self.output, DEAD_LETTER_NAME)),
+            unselected | "UnselectedLines" >> beam.Map(_rejection_line)
+            | "WriteUnselected" >> WriteSortedLines(FileSystems.join(self.output, UNSELECTED_NAME)),
+        )
+
+
+class CountInputs(beam.PTransform):
+    """{"files", "source_rejections", "slices", "series"} -> one count each (a PCollection of one int):
+    files read (InputFiles and sources' file Rejections), readable slices, frames of multi-frame
+    files, multi-frame files, assembled series."""
+
+    def expand(self, inputs):
+        files_count = (
+            (inputs["files"], inputs["source_rejections"] | "FileRejections" >> beam.Filter(lambda r: r.unit == "file"))
+            | "ReadFiles" >> beam.Flatten()
+            | "CountFiles" >> beam.combiners.Count.Globally()
+        )
+        slices = inputs["slices"]
+        frames = slices | "Frames" >> beam.Filter(lambda item: item[1][1].frame_index is not None)
+        return {
+            "files": files_count,
+            "slices": slices | "CountSlices" >> beam.combiners.Count.Globally(),
+            "frames": frames | "CountFrames" >> beam.combiners.Count.Globally(),
+            "multiframe_files": (frames | "FramePaths" >> beam.Map(lambda item: item[1][1].path)
+                                 | "DistinctPaths" >> beam.Distinct()
+                                 | "CountMultiFrameFiles" >> beam.combiners.Count.Globally()),
+            "series": inputs["series"] | "CountSeries" >> beam.combiners.Count.Globally(),
+        }
+
+
+class Summarize(beam.PTransform):
+    """{"counts": `CountInputs`' dict, "shards", "rejected", "plan"} -> the run summary (one dict,
+    `_summarize`), also written as JSON to `summary_path`."""
+
+    def __init__(self, config: PipelineConfig, summary_path: str):
+        super().__init__()
+        self.config = config
+        self.summary_path = summary_path
+
+    def expand(self, inputs):
+        counts = inputs["counts"]
+        reasons = (inputs["rejected"] | "ReasonOf" >> beam.Map(lambda r: ((r.unit, r.reason), 1))
+                   | "CountReasons" >> beam.CombinePerKey(sum))
+        summary = (
+            inputs["shards"].pipeline
+            | "SummaryTrigger" >> beam.Create([None])
+            | "Summarize" >> beam.Map(
+                _summarize,
+                *(beam.pvalue.AsSingleton(counts[name]) for name in ("files", "slices", "frames", "multiframe_files",
+                                                                     "series")),
+                beam.pvalue.AsList(inputs["shards"]),
+                beam.pvalue.AsList(reasons),
+                beam.pvalue.AsSingleton(inputs["plan"]),
+                self.config,
+            )
+        )
+        summary_path = self.summary_path
+        _ = summary | "WriteSummary" >> beam.Map(
+            lambda s: write_bytes(summary_path, json.dumps(s, sort_keys=True, indent=1).encode("utf-8")))
+        return summary
+
+
 class MakeDataset(beam.PTransform):
     """PCollection of InputFile (and sources' Rejections) -> dataset files under `output`;
     returns the run summary (one dict)."""
@@ -246,67 +379,13 @@ class MakeDataset(beam.PTransform):
         source_rejections = inputs | "SourceRejections" >> beam.Filter(lambda item: isinstance(item, Rejection))
         scanned = files | "ScanSlices" >> beam.ParDo(ScanSlicesFn(config.body_hu_threshold)).with_outputs(
             REJECTED, main="slices")
-        assembled = (
-            scanned.slices
-            | "GroupBySeries" >> beam.GroupByKey()
-            | "AssembleSeries" >> beam.ParDo(AssembleSeriesFn(config.min_body_fraction)).with_outputs(
-                REJECTED, main="series")
-        )
-        plan = (
-            assembled.series
-            | "SeriesSummaries" >> beam.Map(series_summary, config.patient_salt)
-            | "CollectSummaries" >> beam.combiners.ToList()
-            | "PlanDataset" >> beam.Map(make_plan, config)
-        )
-        plan_side = beam.pvalue.AsSingleton(plan)
-        selected = assembled.series | "SelectPairs" >> beam.ParDo(SelectPairsFn(config), plan_side).with_outputs(
-            REJECTED, main="tasks")
-        placeholders = plan | "AllShards" >> beam.FlatMap(_all_shards)
-        written = (
-            (selected.tasks, placeholders)
-            | "UnionShards" >> beam.Flatten()
-            | "GroupByShard" >> beam.GroupByKey()
-            | "WriteShards" >> beam.ParDo(WriteShardFn(config, self.output)).with_outputs(REJECTED, main="shards")
-        )
-        rejected = (source_rejections, scanned[REJECTED], assembled[REJECTED], selected[REJECTED],
-                    written[REJECTED]) | "AllRejections" >> beam.Flatten()
-        problems = rejected | "Problems" >> beam.Filter(lambda r: not r.unselected)
-        unselected = rejected | "Unselected" >> beam.Filter(lambda r: r.unselected)
-        _ = (problems | "ProblemLines" >> beam.Map(_rejection_line)
-             | "WriteDeadLetter" >> WriteSortedLines(FileSystems.join(self.output, DEAD_LETTER_NAME)))
-        _ = (unselected | "UnselectedLines" >> beam.Map(_rejection_line)
-             | "WriteUnselected" >> WriteSortedLines(FileSystems.join(self.output, UNSELECTED_NAME)))
-
-        files_count = (
-            (files, source_rejections | "FileRejections" >> beam.Filter(lambda r: r.unit == "file"))
-            | "ReadFiles" >> beam.Flatten()
-            | "CountFiles" >> beam.combiners.Count.Globally()
-        )
-        slices_count = scanned.slices | "CountSlices" >> beam.combiners.Count.Globally()
-        frames = scanned.slices | "Frames" >> beam.Filter(lambda item: item[1][1].frame_index is not None)
-        frames_count = frames | "CountFrames" >> beam.combiners.Count.Globally()
-        multiframe_files_count = (frames | "FramePaths" >> beam.Map(lambda item: item[1][1].path)
-                                  | "DistinctPaths" >> beam.Distinct() | "CountMultiFrameFiles" >> beam.combiners.Count.Globally())
-        series_count = assembled.series | "CountSeries" >> beam.combiners.Count.Globally()
-        reasons = rejected | "ReasonOf" >> beam.Map(lambda r: ((r.unit, r.reason), 1)) | "CountReasons" >> beam.CombinePerKey(sum)
-        summary = (
-            files.pipeline
-            | "SummaryTrigger" >> beam.Create([None])
-            | "Summarize" >> beam.Map(
-                _summarize,
-                beam.pvalue.AsSingleton(files_count),
-                beam.pvalue.AsSingleton(slices_count),
-                beam.pvalue.AsSingleton(frames_count),
-                beam.pvalue.AsSingleton(multiframe_files_count),
-                beam.pvalue.AsSingleton(series_count),
-                beam.pvalue.AsList(written.shards),
-                beam.pvalue.AsList(reasons),
-                plan_side,
-                config,
-            )
-        )
-        summary_path = self.summary_path
-        _ = summary | "WriteSummary" >> beam.Map(
-            lambda s: write_bytes(summary_path, json.dumps(s, sort_keys=True, indent=1).encode("utf-8")))
-        return summary
-
+        assembled = scanned.slices | "Assemble" >> AssembleSeries(config.min_body_fraction)
+        plan = assembled["series"] | "PlanDataset" >> PlanDataset(config)
+        written = {"series": assembled["series"], "plan": plan} | "WriteShards" >> WriteShards(config, self.output)
+        rejected = (source_rejections, scanned[REJECTED], assembled[REJECTED], written[REJECTED]) \
+            | "AllRejections" >> beam.Flatten()
+        _ = rejected | "WriteDeadLetters" >> WriteDeadLetters(self.output)
+        counts = {"files": files, "source_rejections": source_rejections, "slices": scanned.slices,
+                  "series": assembled["series"]} | "CountInputs" >> CountInputs()
+        return ({"counts": counts, "shards": written["shards"], "rejected": rejected, "plan": plan}
+                | "Summarize" >> Summarize(config, self.summary_path))

@@ -90,5 +90,5 @@ def test_dataflow_options_parse_and_the_graph_builds():
                               "gs://my-bucket/phantoms", options)
     labels = {t.unique_name for t in pipeline.to_runner_api().components.transforms.values()}
     for label in ("Read_phantom", "Read_dicom-dir", "MakeDataset/ScanSlices", "MakeDataset/PlanDataset",
-                  "MakeDataset/WriteShards", "MakeDataset/WriteDeadLetter/Write"):
+                  "MakeDataset/WriteShards", "MakeDataset/WriteDeadLetters/WriteDeadLetter/Write"):
         assert label in labels

@@ -3,6 +3,7 @@ outputs checked with `assert_that`, next to the pure function it maps."""
 
 import hashlib
 import io
+import json
 
 import apache_beam as beam
 import numpy as np
@@ -12,9 +13,16 @@ from apache_beam.testing.util import assert_that, equal_to
 import tfrecords_schema as schema
 from pipeline.config import PRESETS, config_from_dict
 from pipeline.pairs import shard_records
-from pipeline.planning import InputFile, PairTask, record_key
+from pipeline.planning import InputFile, PairTask, Rejection, record_key
 from pipeline.slice_scan import read_file_hu, scan_file
-from pipeline.transforms import REJECTED, AssembleSeriesFn, ScanSlicesFn, WriteShardFn
+from pipeline.transforms import (
+    REJECTED,
+    AssembleSeriesFn,
+    CountInputs,
+    ScanSlicesFn,
+    WriteDeadLetters,
+    WriteShardFn,
+)
 from tests.conftest import dicom_bytes
 from tests.ct_files import ct_slice, enhanced_ct
 
@@ -104,3 +112,32 @@ def test_write_shard_writes_what_shard_records_gives(tmp_path):
         assert_that(summary, equal_to([("test/pairs-00000-of-00001.tfrecord", 2, hashlib.sha256(expected).hexdigest(),
                                         [f"{uid}/0", f"{uid}/1"])]))
     assert open(f"{output}/test/pairs-00000-of-00001.tfrecord", "rb").read() == expected
+
+
+def test_count_inputs_counts_a_multiframe_file_once_and_its_frames_apart(tmp_path):
+    paths = write_inputs(tmp_path)
+    slices = [(header.series_uid, (InputFile(paths[name], "C"), header)) for name in ("s0", "s1", "enhanced")
+              for header in scan_file(open(paths[name], "rb").read(), paths[name], -500.0)]
+    source_rejections = [Rejection("gone.dcm", "download_failed", "HTTP 404", "fetch"),
+                         Rejection("", "collection_unavailable", "no CT", "list", unit="series")]
+    with TestPipeline() as pipeline:
+        counts = {
+            "files": pipeline | "Files" >> beam.Create([InputFile(path, "C") for path in paths.values()]),
+            "source_rejections": pipeline | "SourceRejections" >> beam.Create(source_rejections),
+            "slices": pipeline | "Slices" >> beam.Create(slices),
+            "series": pipeline | "Series" >> beam.Create(["1.2.1", "1.2.2"]),
+        } | CountInputs()
+        expected = {"files": len(paths) + 1, "slices": 4, "frames": 2, "multiframe_files": 1, "series": 2}
+        for name, count in expected.items():
+            assert_that(counts[name], equal_to([count]), label=f"Check_{name}")
+
+
+def test_write_dead_letters_sorts_problems_and_unselected_apart(tmp_path):
+    rejections = [Rejection("b.dcm", "not_dicom", "text", "scan"), Rejection("a.dcm", "not_dicom", "text", "scan"),
+                  Rejection("c.dcm", "low_body_fraction", "0.01", "assemble", unselected=True)]
+    with TestPipeline() as pipeline:
+        _ = pipeline | beam.Create(rejections) | WriteDeadLetters(str(tmp_path))
+    problems = [json.loads(line) for line in (tmp_path / schema.DEAD_LETTER_NAME).read_text().splitlines()]
+    unselected = [json.loads(line) for line in (tmp_path / schema.UNSELECTED_NAME).read_text().splitlines()]
+    assert [row["path"] for row in problems] == ["a.dcm", "b.dcm"]
+    assert unselected == [rejections[2].to_dict()]

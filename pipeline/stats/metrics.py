@@ -110,7 +110,7 @@ def _ssim_function(window_hu: tuple[int, int], filter_size: int, sigma: float, k
     return ssim
 
 
-def ssim_hu(
+def pair_ssim(
     sharp_hu: tf.Tensor,
     blurry_hu: tf.Tensor,
     window_hu: tuple[int, int],
@@ -119,7 +119,10 @@ def ssim_hu(
     k1: float = 0.01,
     k2: float = 0.03,
 ) -> tf.Tensor:
-    """Mean SSIM (Wang et al. 2004) of two int16 [H, W] HU images, float64 scalar.
+    """Mean SSIM (Wang et al. 2004) of a stored pair, sharp then blurry (the order of
+    `squared_error_sum` and of the schema), each int16 [H, W] HU: float64 scalar. SSIM is symmetric,
+    so the order does not change the value. (`model.metrics.ssim_hu` is the trainer's batched
+    SSIM of a restored image against its reference; both follow the same protocol.)
 
     Both images are clipped to `window_hu` and shifted to start at 0 (0..width, the convention of
     `ctdeblur-evaluate`), and data_range is its width. Local statistics use a

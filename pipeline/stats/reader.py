@@ -25,9 +25,9 @@ from pipeline.stats.config import StatsConfig
 from pipeline.stats.metrics import (
     HU_BINS,
     hu_histogram,
+    pair_ssim,
     psf_extent_px,
     squared_error_sum,
-    ssim_hu,
 )
 from pipeline.stats.problems import Problem
 from pipeline.stats.summary import COLUMNS, Measurements
@@ -208,7 +208,7 @@ def measure_record(index: tf.Tensor, record: tf.Tensor, config: StatsConfig) -> 
         return {
             "image_measured": tf.constant(True),
             "squared_error_sum": squared_error_sum(sharp, blurry, config.window_hu),
-            "ssim": ssim_hu(
+            "ssim": pair_ssim(
                 sharp, blurry, config.window_hu, config.ssim_filter_size, config.ssim_sigma, config.ssim_k1, config.ssim_k2
             ),
             "sharp_hu": sharp,
