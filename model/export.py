@@ -51,14 +51,20 @@ def deblur_function(generator: keras.Model, hu_window: tuple[float, float]):
     return deblur_hu
 
 
+def generator_under_policy(config: TrainConfig, policy: str) -> keras.Model:
+    """A new generator of `config` built under the Keras dtype policy `policy` (the global policy
+    is restored afterwards)."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        return build_generator(config)
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
 def export_generator(generator: keras.Model, config: TrainConfig, export_dir: str, info: dict) -> None:
     """Writes the SavedModel of `generator` (float32 copy, no distribution) to `export_dir`."""
-    policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("float32")
-    try:
-        portable = build_generator(config)
-    finally:
-        keras.config.set_dtype_policy(policy)
+    portable = generator_under_policy(config, "float32")
     portable.set_weights(generator.get_weights())
     archive = keras.export.ExportArchive()
     archive.track(portable)
@@ -96,12 +102,7 @@ def bfloat16_deblur_function(loaded: Any, config: TrainConfig):
     """The `deblur_hu` function of the generator `config` describes, built under Keras'
     mixed_bfloat16 policy (its skip, residual and normalisation layers stay float32, see
     `model.networks`) and given the float32 weights of the loaded SavedModel `loaded`."""
-    policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("mixed_bfloat16")
-    try:
-        generator = build_generator(config)
-    finally:
-        keras.config.set_dtype_policy(policy)
+    generator = generator_under_policy(config, "mixed_bfloat16")
     saved = list(loaded.variables)
     if [tuple(v.shape) for v in saved] != [tuple(v.shape) for v in generator.variables]:
         raise ExportError("the export's weights do not fit the generator its ctdeblur_generator.json describes")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from model.config import preset_config
-from model.export import ExportError, export_generator, load_exported_generator
+from model.export import ExportError, export_generator, generator_under_policy, load_exported_generator
 from model.networks import build_generator
 
 
@@ -63,12 +63,8 @@ def test_bf16_keeps_the_skip_in_float32(exports):
 
 
 def test_under_bf16_convolutions_are_bfloat16_and_normalisation_float32():
-    policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("mixed_bfloat16")
-    try:
-        generator = build_generator(preset_config("tiny", "paper"))
-    finally:
-        keras.config.set_dtype_policy(policy)
+    generator = generator_under_policy(preset_config("tiny", "paper"), "mixed_bfloat16")
+    assert keras.config.dtype_policy().name == "float32"  # restored
     kinds = {}
     for layer in generator.layers:
         kinds.setdefault(type(layer).__name__, set()).add(layer.compute_dtype)
