@@ -47,6 +47,8 @@ import subprocess
 import sys
 import time
 
+from cli_shell.quiet import apply_quiet
+
 PERCEPTUAL_MODELS = ("paper", "deblurgan")
 
 
@@ -208,6 +210,7 @@ def main() -> None:
                         help="reuse the steps that finished in an earlier run of this workdir with the same command "
                              "(e.g. add --compare to a finished default run); their recorded minutes count")
     args = parser.parse_args()
+    apply_quiet(verbose=False)  # before TensorFlow is imported (the split check reads records)
     if args.phantoms < 20:
         parser.error("--phantoms must be >= 20")
     run = Run(args.workdir, resume=args.resume)
