@@ -1,6 +1,7 @@
 """Benchmark: train-step time of the WGAN-GP model on this CPU, eager vs compiled, per preset.
 
     .venv/bin/python bench/train_step.py [--steps 3] [--presets paper small tiny] [--models ours paper] [--no-xla]
+                                         [--perceptual_weights random-init|none] [--dtype_policy float32|mixed_bfloat16]
 
 Each preset's model (each of `--models`: the recipe changes the step) is built as the trainer
 builds it (VGG19 random-init: the weights do not change the cost) and fed random batches of its
@@ -16,9 +17,10 @@ import argparse
 import os
 import time
 
+import keras
 import tensorflow as tf
 
-from model.config import preset_config
+from model.config import config_from_dict, preset_config
 from model.perceptual import load_vgg19
 from model.train import build_model, distributed_step
 
@@ -60,13 +62,20 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=["paper", "small", "tiny"])
     parser.add_argument("--models", nargs="+", default=["ours", "paper"])
     parser.add_argument("--xla", action=argparse.BooleanOptionalAction, default=True, help="also time XLA for paper")
+    parser.add_argument("--perceptual_weights", default="random-init",
+                        help="random-init (VGG19 of the same cost as ImageNet's) or none (no perceptual term)")
+    parser.add_argument("--dtype_policy", default="float32", choices=("float32", "mixed_bfloat16"),
+                        help="Keras dtype policy of the models (mixed_bfloat16: bfloat16 compute, float32 weights)")
     args = parser.parse_args()
-    vgg, _ = load_vgg19("random-init")
+    keras.config.set_dtype_policy(args.dtype_policy)
+    vgg = load_vgg19("random-init")[0] if args.perceptual_weights == "random-init" else None
     strategy = tf.distribute.get_strategy()
     rows, gflop = [], {}
     for preset in args.presets:
         for model in args.models:
             config = preset_config(preset, model)
+            if vgg is None:
+                config = config_from_dict({"perceptual_weights": "none"}, base=config, where="--perceptual_weights")
             batch = random_batch(config)
             steps = args.steps if preset == "paper" else args.steps * 10
             for mode in modes_for(preset, args.xla):

@@ -345,17 +345,22 @@ def deblur_objects(files: InputFiles, series: CTSeries, deblur, window: tuple[fl
         flush()
 
 
-def configure_threads(threads: int) -> None:
+def configure_threads(threads: int) -> str | None:
     """Sets TensorFlow's thread pools before its first op: `threads` intra-op threads (0 = one per
     core) and one inter-op thread (the generator is one chain of convolutions). When TensorFlow
     already runs in this process (`main` called from Python after other TensorFlow work), its
-    pools cannot change and stay as they are."""
+    pools cannot change and stay as they are: returns a note saying so if `threads` was asked for."""
     import tensorflow as tf
 
-    with contextlib.suppress(RuntimeError):
+    try:
         tf.config.threading.set_inter_op_parallelism_threads(1)
         if threads:
             tf.config.threading.set_intra_op_parallelism_threads(threads)
+    except RuntimeError:
+        return (f"note: --threads {threads} not applied: TensorFlow already runs in this process with "
+                f"{tf.config.threading.get_intra_op_parallelism_threads() or 'one per core'} intra-op threads"
+                if threads else None)
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -411,7 +416,9 @@ def run(args: argparse.Namespace, config: DeblurConfig) -> int:
 
         from model.export import ExportError, load_exported_generator
 
-        configure_threads(config.threads)
+        note = configure_threads(config.threads)
+        if note:
+            print(note, file=sys.stderr)
         try:
             model = load_exported_generator(args.model, config.precision)
         except ExportError as error:

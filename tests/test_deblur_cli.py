@@ -496,6 +496,12 @@ def test_precision_bf16_writes_the_series_within_a_few_hu_of_float32(phantom, mo
     assert np.percentile(difference, 99) <= 5.0 and difference.max() > 0
 
 
+def test_threads_that_cannot_apply_are_said_to_stderr(phantom, models, tmp_path, capsys):
+    code, _, err = deblur([phantom[1], str(tmp_path / "out"), "--model", models["identity"], "--threads", "1"], capsys)
+    assert code == 0, err  # this test process already runs TensorFlow: its pools are fixed
+    assert "note: --threads 1 not applied: TensorFlow already runs in this process" in err
+
+
 def test_nifti_and_png(phantom, models, tmp_path, capsys):
     _, clean, inputs = phantom
     code, out, err = deblur([clean, str(tmp_path / "nii"), "--model", models["identity"], "--format", "nifti"], capsys)
