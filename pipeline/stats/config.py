@@ -36,7 +36,8 @@ class StatsConfig:
     parallel_calls: int = setting(-1, "records decoded and measured at once; -1 lets tf.data tune it")
     max_decode_errors_per_shard: int = setting(10, "undecodable records reported per shard before the rest of that shard is skipped")
 
-    def __post_init__(self) -> None:
+    def validate(self) -> StatsConfig:
+        """Checks every setting (ValueError naming it) and normalises the HU pairs to int tuples."""
         for name in ("window_hu", "display_window_hu", "hu_histogram_range_hu"):
             value = tuple(getattr(self, name))
             if len(value) != 2 or any(int(v) != v for v in value) or not value[0] < value[1]:
@@ -60,6 +61,7 @@ class StatsConfig:
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"{name}={getattr(self, name)} is out of range: {_help(name)}")
+        return self
 
     @property
     def data_range(self) -> int:
