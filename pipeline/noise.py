@@ -26,6 +26,7 @@ All functions are pure (numpy/scipy); randomness comes from the caller's generat
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 from scipy import fft, ndimage
@@ -90,14 +91,18 @@ def _rfft_weights(shape: tuple[int, int]) -> np.ndarray:
     return weights
 
 
+@functools.lru_cache(maxsize=16)
 def _nps_amplitude(shape: tuple[int, int], spacing_mm: tuple[float, float], peak_cycles_per_mm: float) -> np.ndarray:
-    """sqrt(NPS) on the rfft2 grid of `shape`, scaled so that the noise it shapes has unit variance."""
+    """sqrt(NPS) on the rfft2 grid of `shape`, scaled so that the noise it shapes has unit variance
+    (read-only and cached: a series shares one shape and spacing)."""
     fy = np.fft.fftfreq(shape[0], d=spacing_mm[0])[:, None]
     fx = np.fft.rfftfreq(shape[1], d=spacing_mm[1])[None, :]
     f = np.sqrt(fy * fy + fx * fx)
     nps = f * np.exp(-0.5 * (f / peak_cycles_per_mm) ** 2)
     total = float(np.sum(_rfft_weights(shape) * nps))
-    return np.sqrt(nps * (shape[0] * shape[1] / total)) if total > 0 else np.zeros_like(nps)
+    amplitude = np.sqrt(nps * (shape[0] * shape[1] / total)) if total > 0 else np.zeros_like(nps)
+    amplitude.setflags(write=False)
+    return amplitude
 
 
 def ct_noise(shape: tuple[int, int], sigma_hu: float, spacing_mm: tuple[float, float], peak_cycles_per_mm: float,
