@@ -74,3 +74,15 @@ def task_id(strategy: tf.distribute.Strategy) -> int:
     """This worker's index in the cluster (0 outside multi-worker training)."""
     resolver = getattr(strategy, "cluster_resolver", None)
     return int(resolver.task_id) if resolver is not None and resolver.task_id is not None else 0
+
+
+def chief_seconds(strategy: tf.distribute.Strategy, seconds: float) -> float:
+    """The chief's `seconds` on every worker (a collective in multi-worker training; `seconds`
+    itself otherwise), so that decisions taken from a clock (the time budget, its learning-rate
+    decay, moving to the next sub-dataset) are the same on all workers. Every worker must call it
+    at the same point of the loop."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return seconds
+    value = strategy.experimental_distribute_values_from_function(
+        lambda context: tf.constant(seconds if context.replica_id_in_sync_group == 0 else 0.0, tf.float64))
+    return float(strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None))

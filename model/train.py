@@ -45,6 +45,7 @@ from model.data import (
     validation_pairs,
 )
 from model.distribute import (
+    chief_seconds,
     is_chief,
     make_strategy,
     strategy_name,
@@ -460,7 +461,9 @@ class Training:
             batches = iter(self.schedule_dataset(position)) if not schedule.finished(position, steps) else None
             tick = time.perf_counter()
             while not schedule.finished(position, steps) and self.stop_signal is None:
-                elapsed = time.perf_counter() - started
+                elapsed = chief_seconds(self.strategy, time.perf_counter() - started) if budget else 0.0
+                if stage_started is None:
+                    stage_started = elapsed
                 if budget and elapsed > budget:
                     self.budget_reached = True
                     break
@@ -495,7 +498,7 @@ class Training:
                     self.save(position)
                     last_saved = step
                 if position.stage != stage:
-                    stage_started = time.perf_counter() - started
+                    stage_started = None  # the next step's (agreed) clock reading
             if self.global_step != last_saved:
                 self.save(position)
             if config.validation_pairs and self.global_step != last_validated:

@@ -223,30 +223,55 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
-def test_multi_worker_processes_end_with_identical_generators(dataset, tmp_path):
-    workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
-    args = ["--data", dataset, "--logdir", str(tmp_path / "logs"), "--preset", "tiny", "--perceptual_weights",
-            "random-init", "--critic_steps", "2", "--subdatasets", "0", "1", "--max_steps_per_epoch", "2",
-            "--strategy", "multi_worker"]
-    processes, paths = [], [tmp_path / f"worker{index}.log" for index in range(2)]
+def run_workers(args: list[str], tmp_path, count: int = 2, timeout: float = 150) -> list[str]:
+    """Runs `count` ctdeblur-train processes as one multi-worker cluster on loopback ports; their
+    outputs, after asserting that each exited with 0."""
+    workers = [f"127.0.0.1:{port}" for port in free_ports(count)]
+    processes, paths = [], [tmp_path / f"worker{index}.log" for index in range(count)]
     with contextlib.ExitStack() as stack:
         stack.callback(lambda: [p.kill() for p in processes if p.poll() is None])
         for index, path in enumerate(paths):
             tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
             log = stack.enter_context(open(path, "w"))
-            processes.append(subprocess.Popen([TRAIN_BIN, *args], stdout=log, stderr=subprocess.STDOUT, text=True,
+            processes.append(subprocess.Popen([TRAIN_BIN, *args, "--strategy", "multi_worker"], stdout=log,
+                                              stderr=subprocess.STDOUT, text=True,
                                               env=train_env({"TF_CONFIG": tf_config}), cwd=REPO))
         for process in processes:
-            process.wait(timeout=150)
+            process.wait(timeout=timeout)
     outputs = [path.read_text() for path in paths]
     for process, output in zip(processes, outputs):
         assert process.returncode == 0, output[-3000:]
+    return outputs
+
+
+MULTI_WORKER_RUN = ["--preset", "tiny", "--perceptual_weights", "random-init", "--critic_steps", "2",
+                    "--subdatasets", "0", "1", "--max_steps_per_epoch", "2"]
+
+
+def test_multi_worker_processes_end_with_identical_generators(dataset, tmp_path):
+    outputs = run_workers(["--data", dataset, "--logdir", str(tmp_path / "logs"), *MULTI_WORKER_RUN], tmp_path)
+    for output in outputs:
         assert "global batch 4 (2 per replica)" in output and "global step 4" in output
     assert digest(outputs[0]) == digest(outputs[1])
     assert checkpoint_values(str(tmp_path / "logs"))["global_step"] == 4
     assert not os.path.exists(tmp_path / "logs" / "checkpoints" / "workertemp_1")
     assert os.path.exists(tmp_path / "logs" / "best_generator" / "generator.index")
     assert not os.path.exists(tmp_path / "logs" / "best_generator" / "workertemp_1")
+
+
+def test_multi_worker_time_budget_is_decided_by_one_clock(dataset, tmp_path):
+    """Each worker reading its own clock would stop, move on to the next sub-dataset and decay the
+    learning rate at different steps: the cluster would hang in a collective or end with different
+    weights. With the chief's clock all workers stop at the same step with the same generator."""
+    outputs = run_workers(["--data", dataset, "--logdir", str(tmp_path / "logs"), *MULTI_WORKER_RUN,
+                           "--epochs", "100000", "--time_budget_minutes", "0.75"], tmp_path, timeout=300)
+    stops = [re.search(r"stopped by the time budget at global step (\d+)", output) for output in outputs]
+    assert all(stops), outputs[0][-3000:]
+    steps = {int(stop.group(1)) for stop in stops}
+    assert len(steps) == 1 and steps.pop() == checkpoint_values(str(tmp_path / "logs"))["global_step"] > 4
+    moves = [re.findall(r"train-0: its share of the time budget", output) for output in outputs]
+    assert moves[0] == moves[1] == ["train-0: its share of the time budget"]
+    assert digest(outputs[0]) == digest(outputs[1])
 
 
 def test_sigterm_saves_a_checkpoint_at_the_next_step_and_exits(dataset, tmp_path):
