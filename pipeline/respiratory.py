@@ -119,7 +119,7 @@ class RespiratoryConfig:
     drift_mm_per_min_max: float = setting(2.0, "largest superior-inferior baseline drift, drawn from [-max, max] "
                                                "(mm per minute)")
     centre_motion: bool = setting(True, "subtract each slice's mean breathing state over its views, so the blurry "
-                                        "image is not displaced from the target on average")
+                                        "image is not displaced from the target on average (true/false)")
     state_step_mm: float = setting(1.0, "breathing states are simulated this far apart at the diaphragm; a view "
                                         "between two states sees their linear blend (mm)")
 
