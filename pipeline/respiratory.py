@@ -83,7 +83,9 @@ the diaphragm, the kidneys about half as much, the pelvis not at all."""
 BODY_SMOOTHING_MM = 10.0
 """Gaussian sigma of the in-plane superior-inferior weight: it rises from the skin into the body."""
 WALL_MARGIN_MM = 15.0
-"""The anterior-posterior stretch reaches this far outside the body, so the expanding wall has room."""
+"""The anterior-posterior stretch reaches this far outside the body (a straight skin; less at convex
+corners), so the expanding wall has room: where the smoothed body mask exceeds `_WALL_LEVEL`."""
+_WALL_LEVEL = 0.5 * math.erfc(WALL_MARGIN_MM / (BODY_SMOOTHING_MM * math.sqrt(2.0)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,8 +268,8 @@ class BreathingAnatomy:
 
 def _check_volume(volume_hu: np.ndarray, spacing_mm: tuple[float, float, float]) -> np.ndarray:
     volume = np.asarray(volume_hu)
-    if volume.ndim != 3 or min(volume.shape) < 1 or min(volume.shape[1:]) < 8:
-        raise ValueError(f"volume_hu must be [Z, H, W] with H, W >= 8, got shape {volume.shape}")
+    if volume.ndim != 3 or volume.shape[0] < 2 or min(volume.shape[1:]) < 8:
+        raise ValueError(f"volume_hu must be [Z, H, W] with Z >= 2 and H, W >= 8, got shape {volume.shape}")
     if len(spacing_mm) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing_mm):
         raise ValueError(f"spacing_mm must be three positive mm values (slice, row, column), got {spacing_mm}")
     if not np.isfinite(volume).all():
@@ -324,12 +326,12 @@ def plane_weights(slice_hu: np.ndarray, pixel_spacing_mm: tuple[float, float],
         zeros = np.zeros(slice_hu.shape, dtype=np.float32)
         return zeros, zeros.copy()
     sigma = (BODY_SMOOTHING_MM / row_mm, BODY_SMOOTHING_MM / col_mm)
-    si = body * ndimage.gaussian_filter(body.astype(np.float32), sigma, mode="constant")
+    smooth = ndimage.gaussian_filter(body.astype(np.float32), sigma, mode="constant")
+    si = body * smooth
     rows = np.flatnonzero(body.any(axis=1))
     front, back = rows.min(), rows.max()
     stretch = np.clip((back - np.arange(slice_hu.shape[0])) / max(back - front, 1), 0.0, 1.0).astype(np.float32)
-    near_body = ndimage.distance_transform_edt(~body, sampling=(row_mm, col_mm)) <= WALL_MARGIN_MM
-    ap = near_body * stretch[:, None]
+    ap = (smooth > _WALL_LEVEL) * stretch[:, None]
     cols = np.flatnonzero(body.any(axis=0))
     middle, half_width = (cols.min() + cols.max()) / 2.0, (cols.max() - cols.min()) / 2.0
     bone = (slice_hu if bone_hu is None else bone_hu) > SPINE_HU
@@ -349,11 +351,10 @@ def plane_weights(slice_hu: np.ndarray, pixel_spacing_mm: tuple[float, float],
 
 @dataclasses.dataclass(frozen=True)
 class _Plane:
-    """What deforming one slice plane needs: its index, sampling grid and weights in voxels per mm."""
+    """What deforming one slice plane needs: its index and its weights in voxels per mm of motion at
+    the diaphragm (slices towards the feet, rows towards the back), float32 [H, W]."""
 
     index: int
-    rows: np.ndarray
-    cols: np.ndarray
     si_voxels_per_mm: np.ndarray
     ap_voxels_per_mm: np.ndarray
 
@@ -375,17 +376,27 @@ def _plane(volume: np.ndarray, spacing_mm: tuple[float, float, float], anatomy: 
         slab = volume[max(0, slice_index - reach): slice_index + reach + 1]
         si, ap = plane_weights(volume[slice_index], (row_mm, col_mm), slab.max(axis=0))
     towards_feet = 1.0 if anatomy.head_first else -1.0
-    rows, cols = np.indices(volume.shape[1:], dtype=np.float32)
-    return _Plane(slice_index, rows, cols, (along * towards_feet / slice_mm) * si, (along / row_mm) * ap)
+    return _Plane(slice_index, np.float32(along * towards_feet / slice_mm) * si, np.float32(along / row_mm) * ap)
 
 
 def _deform_plane(volume: np.ndarray, plane: _Plane, si_mm: float, ap_mm: float) -> np.ndarray:
-    """The plane of `volume` deformed by (si_mm, ap_mm) at the diaphragm, float32 [H, W] (HU)."""
+    """The plane of `volume` deformed by (si_mm, ap_mm) at the diaphragm, float32 [H, W] (HU):
+    bilinear in (slice, row) at the source positions, clamped to the volume (columns do not move)."""
     if (si_mm == 0 and ap_mm == 0) or not plane.moves:
         return volume[plane.index].astype(np.float32)
-    source = np.stack([plane.index - si_mm * plane.si_voxels_per_mm, plane.rows + ap_mm * plane.ap_voxels_per_mm,
-                       plane.cols])
-    return ndimage.map_coordinates(volume, source, order=1, mode="nearest").astype(np.float32)
+    slices, height, width = volume.shape
+    z = np.clip(plane.index - np.float32(si_mm) * plane.si_voxels_per_mm, 0, slices - 1)
+    r = np.clip(np.arange(height, dtype=np.float32)[:, None] + np.float32(ap_mm) * plane.ap_voxels_per_mm,
+                0, height - 1)
+    z0 = np.minimum(z.astype(np.intp), slices - 2)
+    r0 = np.minimum(r.astype(np.intp), height - 2)
+    z_weight, r_weight = z - z0, r - r0
+    flat = volume.reshape(-1)
+    base = (z0 * height + r0) * width + np.arange(width)
+    upper = flat[base] + r_weight * (flat[base + width] - flat[base])
+    base += height * width
+    lower = flat[base] + r_weight * (flat[base + width] - flat[base])
+    return (upper + z_weight * (lower - upper)).astype(np.float32)
 
 
 def deformed_slice(volume_hu: np.ndarray, spacing_mm: tuple[float, float, float], anatomy: BreathingAnatomy,
