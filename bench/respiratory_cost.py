@@ -54,7 +54,8 @@ def figure(path: str, volume, spacing, anatomy, index: int, pairs: dict) -> None
     import matplotlib.pyplot as plt
 
     sharp = pairs["fan"][0]
-    panels = [("phantom slice (input)", volume[index], (-1000, 400)), ("sharp target (static FBP)", sharp, (-1000, 400)),
+    panels = [("phantom slice (input)", volume[index], (-1000, 400)),
+              ("sharp target (static FBP)", sharp, (-1000, 400)),
               ("fan beam, 0.5 s rotation", pairs["fan"][1], (-1000, 400)),
               ("cone beam, 60 s arc", pairs["cone"][1], (-1000, 400)),
               ("fan - sharp", pairs["fan"][1] - sharp, (-200, 200)),

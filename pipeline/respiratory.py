@@ -21,7 +21,7 @@ Model:
   anterior-posterior stretch, 0 at the back (table) and 1 at the front of the body; nothing moves
   outside the body; the spine stays still. The head does not move unless asked.
 - A view at time t sees the slice plane of the volume deformed by the breathing state b(t),
-  resampled trilinearly (anatomy from neighbouring slices passes through the plane). The scan is
+  resampled bilinearly in (slice, row) (anatomy from neighbouring slices passes through the plane). The scan is
   simulated per slice in parallel beam, each parallel view taking the time of its central ray
   (fan beam rebinned to parallel; cone beam as the fan beam of the slice's plane, cone angle
   neglected), projected and reconstructed by pipeline.projection's Fourier-slice projector and FBP.
@@ -246,7 +246,6 @@ class BreathingAnatomy:
     body_site: str
     moves: bool
     diaphragm_mm: float
-    slice_mm: float
     head_first: bool
 
     def longitudinal_weight(self, z_mm: np.ndarray | float) -> np.ndarray:
@@ -305,11 +304,10 @@ def breathing_anatomy(volume_hu: np.ndarray, spacing_mm: tuple[float, float, flo
     air = np.array([np.count_nonzero(body & (plane < LUNG_HU)) / max(np.count_nonzero(body), 1)
                     for body, plane in zip(bodies, volume)])
     if body_site == "head" or air.max() < MIN_LUNG_FRACTION:
-        return BreathingAnatomy(body_site, moves, (superior_end - (1 if head_first else -1)) * slice_mm, slice_mm,
-                                head_first)
+        return BreathingAnatomy(body_site, moves, (superior_end - (1 if head_first else -1)) * slice_mm, head_first)
     lungs = np.flatnonzero(air >= DIAPHRAGM_LUNG_FRACTION * air.max())
     diaphragm = lungs.max() if head_first else lungs.min()
-    return BreathingAnatomy(body_site, moves, float(diaphragm) * slice_mm, slice_mm, head_first)
+    return BreathingAnatomy(body_site, moves, float(diaphragm) * slice_mm, head_first)
 
 
 def plane_weights(slice_hu: np.ndarray, pixel_spacing_mm: tuple[float, float],
@@ -406,8 +404,8 @@ def deformed_slice(volume_hu: np.ndarray, spacing_mm: tuple[float, float, float]
     wall mm forwards), float32 [H, W] (HU).
 
     Each pixel p shows the tissue that was at p - u(p), with u the displacement field at p
-    (trilinear; a first-order inverse of the forward motion, good while the field varies slowly on
-    the scale of its own size); beyond the volume's ends the end slices repeat.
+    (bilinear in slice and row; a first-order inverse of the forward motion, good while the field
+    varies slowly on the scale of its own size); beyond the volume's ends the end slices repeat.
     """
     volume = _check_volume(volume_hu, spacing_mm)
     plane = _plane(volume, spacing_mm, anatomy, slice_index)

@@ -174,7 +174,8 @@ def test_artifacts_sit_at_the_diaphragm_and_chest_wall_and_not_at_the_spine(thor
         anterior_wall = body & ~ndimage.binary_erosion(body, iterations=3)
         anterior_wall[(rows.min() + rows.max()) // 2:] = False
         squared = (blurry - sharp) ** 2
-        energy[index] = (squared[body].mean(), squared[spine_region(series, index)].mean(), squared[anterior_wall].mean())
+        energy[index] = (squared[body].mean(), squared[spine_region(series, index)].mean(),
+                         squared[anterior_wall].mean())
     body_at_diaphragm, spine, wall = energy[diaphragm]
     assert body_at_diaphragm > 5 * energy[0][0], energy
     assert spine < 0.2 * body_at_diaphragm and wall > 3 * spine, energy
