@@ -141,6 +141,18 @@ def test_longitudinal_weight_is_one_at_the_diaphragm_and_falls_towards_apex_and_
                        anatomy.longitudinal_weight(np.array([d - 100.0, d + 100.0])))
 
 
+def test_a_volume_without_lungs_has_its_diaphragm_just_above_its_superior_end():
+    rows, cols = np.mgrid[:32, :32] - 15.5
+    abdomen = np.where((rows / 12) ** 2 + (cols / 14) ** 2 < 1, 40.0, -1000.0).astype(np.float32)
+    volume = np.repeat(abdomen[None], 6, axis=0)
+    head_first = breathing_anatomy(volume, (5.0, 2.0, 2.0), "abdomen")
+    feet_first = breathing_anatomy(volume, (5.0, 2.0, 2.0), "abdomen", head_first=False)
+    assert head_first.moves and head_first.diaphragm_mm == -5.0 and feet_first.diaphragm_mm == 30.0
+    weights = head_first.longitudinal_weight(np.arange(6) * 5.0)
+    assert np.all(np.diff(weights) < 0) and weights[0] > 0.99
+    assert np.allclose(feet_first.longitudinal_weight(np.arange(6) * 5.0), weights[::-1])
+
+
 def test_deformation_is_largest_near_the_diaphragm_and_spares_the_spine_and_the_air_around(thorax):
     volume, spacing, series = thorax
     anatomy = breathing_anatomy(volume, spacing, "thorax")
