@@ -100,7 +100,8 @@ class RespiratoryConfig:
     """
 
     geometry: str = setting("fan", "scanner: fan = clinical CT, one gantry rotation per slice; cone = linac cone-beam "
-                                   "CT, one slow arc for the whole volume (name)", choices=GEOMETRIES)
+                                   "CT, one slow arc for the whole volume (name; also --geometry)", choices=GEOMETRIES,
+                            flag_aliases=("geometry",))
     views: int = setting(360, "parallel-beam views per slice (rebinned from the fan), evenly spaced in angle "
                               "(count)")
     fan_rotation_s: float = setting(0.5, "fan beam: time of one 360 degree gantry rotation (s; clinical 0.3-1)")
@@ -124,6 +125,7 @@ class RespiratoryConfig:
                                         "image is not displaced from the target on average (true/false)")
     state_step_mm: float = setting(1.0, "breathing states are simulated this far apart at the diaphragm; a view "
                                         "between two states sees their linear blend (mm)")
+    move_head: bool = setting(False, "head series breathe too, as one block (true/false; off: a head never moves)")
 
     def validate(self) -> "RespiratoryConfig":
         """Returns self, or raises ValueError naming the bad setting."""
@@ -264,6 +266,10 @@ class BreathingAnatomy:
         down = 0.5 * (1.0 + np.cos(np.pi * below))
         return np.where(superior >= 0, up, down)
 
+    def shifted(self, first_slice: int, slice_mm: float) -> "BreathingAnatomy":
+        """The same anatomy for the slab of the volume that starts at slice `first_slice`."""
+        return dataclasses.replace(self, diaphragm_mm=self.diaphragm_mm - first_slice * slice_mm)
+
 
 def _check_volume(volume_hu: np.ndarray, spacing_mm: tuple[float, float, float]) -> np.ndarray:
     volume = np.asarray(volume_hu)
@@ -285,6 +291,40 @@ def _body(slice_hu: np.ndarray) -> np.ndarray:
     return ndimage.binary_fill_holes(labels == 1 + int(np.argmax(sizes)))
 
 
+def air_fraction(slice_hu: np.ndarray) -> float:
+    """Share of a slice's body area (`_body`) that is air inside the body (< `LUNG_HU`): lungs, bowel gas."""
+    body = _body(np.asarray(slice_hu))
+    return float(np.count_nonzero(body & (slice_hu < LUNG_HU)) / max(np.count_nonzero(body), 1))
+
+
+def body_site_of(body_part_examined: str, air_fractions: np.ndarray) -> str:
+    """The breathing site of a series: from DICOM BodyPartExamined when it names one (head, neck and
+    brain -> head; chest, thorax, lung, breast, heart -> thorax; abdomen, pelvis, liver, kidney ->
+    abdomen), else thorax if a slice holds lungs (`air_fractions` >= `MIN_LUNG_FRACTION`), else abdomen."""
+    part = body_part_examined.strip().upper()
+    for site, words in (("thorax", ("CHEST", "THORAX", "LUNG", "BREAST", "HEART")),
+                        ("abdomen", ("ABDOMEN", "PELVIS", "LIVER", "KIDNEY")),
+                        ("head", ("HEAD", "BRAIN", "SKULL", "NECK"))):
+        if any(word in part for word in words):
+            return site
+    return "thorax" if len(air_fractions) and np.max(air_fractions) >= MIN_LUNG_FRACTION else "abdomen"
+
+
+def diaphragm_anatomy(air_fractions: np.ndarray, slice_mm: float, body_site: str, head_first: bool = True,
+                      move_head: bool = False) -> BreathingAnatomy:
+    """`breathing_anatomy` from each slice's `air_fraction` (slices `slice_mm` apart, in volume order)."""
+    if body_site not in BODY_SITES:
+        raise ValueError(f"body_site must be one of {BODY_SITES}, got {body_site!r}")
+    air = np.asarray(air_fractions, dtype=np.float64)
+    moves = body_site != "head" or move_head
+    superior_end = 0 if head_first else len(air) - 1
+    if body_site == "head" or air.max() < MIN_LUNG_FRACTION:
+        return BreathingAnatomy(body_site, moves, (superior_end - (1 if head_first else -1)) * slice_mm, head_first)
+    lungs = np.flatnonzero(air >= DIAPHRAGM_LUNG_FRACTION * air.max())
+    diaphragm = lungs.max() if head_first else lungs.min()
+    return BreathingAnatomy(body_site, moves, float(diaphragm) * slice_mm, head_first)
+
+
 def breathing_anatomy(volume_hu: np.ndarray, spacing_mm: tuple[float, float, float], body_site: str,
                       head_first: bool = True, move_head: bool = False) -> BreathingAnatomy:
     """Finds where breathing acts in a volume [Z, H, W] (HU, spacing (slice, row, column) mm).
@@ -294,20 +334,9 @@ def breathing_anatomy(volume_hu: np.ndarray, spacing_mm: tuple[float, float, flo
     an abdomen below them) has it just above its superior end. Thorax and abdomen move; the head
     moves only with `move_head`.
     """
-    if body_site not in BODY_SITES:
-        raise ValueError(f"body_site must be one of {BODY_SITES}, got {body_site!r}")
     volume = _check_volume(volume_hu, spacing_mm)
-    slice_mm = float(spacing_mm[0])
-    moves = body_site != "head" or move_head
-    superior_end = 0 if head_first else len(volume) - 1
-    bodies = [_body(plane) for plane in volume]
-    air = np.array([np.count_nonzero(body & (plane < LUNG_HU)) / max(np.count_nonzero(body), 1)
-                    for body, plane in zip(bodies, volume)])
-    if body_site == "head" or air.max() < MIN_LUNG_FRACTION:
-        return BreathingAnatomy(body_site, moves, (superior_end - (1 if head_first else -1)) * slice_mm, head_first)
-    lungs = np.flatnonzero(air >= DIAPHRAGM_LUNG_FRACTION * air.max())
-    diaphragm = lungs.max() if head_first else lungs.min()
-    return BreathingAnatomy(body_site, moves, float(diaphragm) * slice_mm, head_first)
+    return diaphragm_anatomy(np.array([air_fraction(plane) for plane in volume]), float(spacing_mm[0]), body_site,
+                             head_first, move_head)
 
 
 def plane_weights(slice_hu: np.ndarray, pixel_spacing_mm: tuple[float, float],
@@ -418,6 +447,33 @@ def deform_volume(volume_hu: np.ndarray, spacing_mm: tuple[float, float, float],
     volume = _check_volume(volume_hu, spacing_mm)
     return np.stack([_deform_plane(volume, _plane(volume, spacing_mm, anatomy, index), *map(float, displacement_mm))
                      for index in range(len(volume))])
+
+
+def trace_duration_s(config: RespiratoryConfig, slices: int) -> float:
+    """Time (s) a series of `slices` slices takes to scan: one rotation per slice (fan), one arc (cone)."""
+    return slices * config.fan_rotation_s if config.geometry == "fan" else config.cone_arc_s
+
+
+def slice_start_s(config: RespiratoryConfig, scan_position: int) -> float:
+    """Start (s) of the acquisition of the slice scanned `scan_position`-th (0 = first): fan beam
+    slices one rotation after another (table moves not timed); cone beam all at 0."""
+    return scan_position * config.fan_rotation_s if config.geometry == "fan" else 0.0
+
+
+def reach_slices(trace: BreathingTrace, slice_mm: float) -> int:
+    """Slices on either side of a slice that its pair may read: the largest superior-inferior motion
+    the trace can give (its largest cycle plus its drift over the trace, mm), plus one for the
+    bilinear sampling, and at least the spine search slab (`SPINE_SLAB_MM`)."""
+    motion_mm = trace.si_amplitude_mm * max(trace.cycle_amplitudes) + abs(trace.drift_mm_per_min) * trace.duration_s / 60
+    return max(math.ceil(motion_mm / slice_mm) + 1, math.ceil(SPINE_SLAB_MM / slice_mm))
+
+
+def slice_motion_mm(trace: BreathingTrace, config: RespiratoryConfig, anatomy: BreathingAnatomy, slice_index: int,
+                    slice_mm: float, start_s: float = 0.0) -> float:
+    """Superior-inferior motion (mm, peak to peak over the slice's views) of the tissue at the centre of
+    the body in slice `slice_index` (slices `slice_mm` apart) scanned from `start_s` (s)."""
+    states = breathing_signal(trace, view_times_s(config, start_s))
+    return float(np.ptp(states) * trace.si_amplitude_mm * anatomy.longitudinal_weight(slice_index * slice_mm))
 
 
 def view_times_s(config: RespiratoryConfig, start_s: float = 0.0) -> np.ndarray:
