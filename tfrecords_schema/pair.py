@@ -28,9 +28,8 @@ SCHEMA_VERSION = 4
    before. Older records decode with empty strings and 0.
 """
 READABLE_VERSIONS = (1, 2, 3, 4)
-_RESPIRATORY_VERSION = 4
 _LAYOUT_VERSION = 3
-"""Version written for records without respiratory features."""
+"""Version written for records without respiratory features (`SCHEMA_VERSION` for the others)."""
 
 BLUR_MODELS = ("kernel", "projection", "respiratory", "none")
 """kernel: image-space motion PSF (Boracchi-Foi); projection: rigid motion during the CT scan,
@@ -276,7 +275,7 @@ def encode_pair(pair: Pair) -> bytes:
     if not respiratory and (any(pair.respiratory.values()) or pair.respiratory_cycles):
         raise ValueError(f"respiratory parameters on a {pair.blur_model} pair")
     feature = {
-        "schema_version": _ints(_RESPIRATORY_VERSION if respiratory else _LAYOUT_VERSION),
+        "schema_version": _ints(SCHEMA_VERSION if respiratory else _LAYOUT_VERSION),
         "height": _ints(sharp.shape[0]),
         "width": _ints(sharp.shape[1]),
         "sharp_hu": _bytes(sharp.tobytes()),
