@@ -25,7 +25,8 @@ SCHEMA_VERSION = 4
    parameters (`respiratory/*`) and the breathing trace's cycles (`respiratory/cycle_*`, float
    lists). Only respiratory records are written as version 4; every other record keeps the
    version 3 layout and number, so datasets of the other blur models are byte-identical to
-   before. Older records decode with empty strings and 0.
+   before (their manifest.json names the writer's version, 4). Older records decode with empty
+   strings and 0.
 """
 READABLE_VERSIONS = (1, 2, 3, 4)
 _LAYOUT_VERSION = 3
