@@ -470,8 +470,9 @@ def reach_slices(trace: BreathingTrace, slice_mm: float) -> int:
 
 def slice_motion_mm(trace: BreathingTrace, config: RespiratoryConfig, anatomy: BreathingAnatomy, slice_index: int,
                     slice_mm: float, start_s: float = 0.0) -> float:
-    """Superior-inferior motion (mm, peak to peak over the slice's views) of the tissue at the centre of
-    the body in slice `slice_index` (slices `slice_mm` apart) scanned from `start_s` (s)."""
+    """Superior-inferior motion (mm, peak to peak over the slice's views) of tissue deep in the body
+    (in-plane weight 1; less towards the skin, none at the spine) in slice `slice_index` (slices
+    `slice_mm` apart) scanned from `start_s` (s)."""
     states = breathing_signal(trace, view_times_s(config, start_s))
     return float(np.ptp(states) * trace.si_amplitude_mm * anatomy.longitudinal_weight(slice_index * slice_mm))
 

@@ -112,7 +112,7 @@ RESPIRATORY_PARAM_NAMES = (
 (mm, exhale to inhale), mean period (s), shape power n, baseline drift (mm/min), the trace's
 duration (s), the start (s into the trace) and duration (s) of this slice's scan, its gantry arc
 (degrees) and parallel views, the slice's distance above the diaphragm (mm, negative below) and the
-superior-inferior motion at its centre during its scan (mm, peak to peak)."""
+superior-inferior motion of tissue deep in the body during its scan (mm, peak to peak)."""
 
 RESPIRATORY_CYCLE_NAMES = ("cycle_starts_s", "cycle_periods_s", "cycle_amplitudes")
 """The trace's cycles (`respiratory/<name>` float lists, one value per cycle; absent for other blur
