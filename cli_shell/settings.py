@@ -6,7 +6,8 @@ Flag spelling: `--name VALUE`; booleans `--name` / `--no-name` (`--no_name` is s
 some commands spelled it before); tuples of fixed length take
 exactly that many values, tuples of any length zero or more. A nested dataclass field `group`
 (the pipeline's `motion`, `noise`, ...) gives flags `--group_name` and a YAML mapping `group:`.
-A flag's default is None, meaning "keep the preset's / YAML's value".
+A flag's default is None, meaning "keep the preset's / YAML's value". A field may name short
+spellings in its metadata (`setting(..., flag_aliases=("geometry",))` adds `--geometry`).
 """
 
 from __future__ import annotations
@@ -127,7 +128,8 @@ def _shown(value: Any) -> str:
 
 
 def add_setting_flag(group, flag: str, field: dataclasses.Field, hint: Any, help_text: str) -> None:
-    """Adds `--flag` for a setting of type `hint` (module docstring: one spelling for all)."""
+    """Adds `--flag` for a setting of type `hint` (module docstring: one spelling for all); a plain
+    setting with `flag_aliases` metadata is also spelled `--alias`."""
     if hint is bool:
         group.add_argument(f"--{flag}", dest=flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         group.add_argument(f"--no_{flag}", dest=flag, action="store_false", default=None, help=argparse.SUPPRESS)
@@ -139,8 +141,9 @@ def add_setting_flag(group, flag: str, field: dataclasses.Field, hint: Any, help
     else:
         choices = field.metadata.get("choices")
         metavar = flag.upper() if not choices or len(choices) > 6 else None
-        group.add_argument(f"--{flag}", dest=flag, type=hint, default=None, choices=choices, metavar=metavar,
-                           help=help_text)
+        aliases = [f"--{alias}" for alias in field.metadata.get("flag_aliases", ())]
+        group.add_argument(f"--{flag}", *aliases, dest=flag, type=hint, default=None, choices=choices,
+                           metavar=metavar, help=help_text)
 
 
 def setting_flags(cls: type, exclude: Iterable[str] = ()) -> list[tuple[str, str | None, dataclasses.Field, Any]]:

@@ -19,6 +19,10 @@ from pipeline.archives.tcia import DEFAULT_COLLECTIONS, TciaConfig
 from pipeline.kernels import MotionConfig
 from pipeline.noise import NoiseConfig
 from pipeline.projection import ProjectionConfig
+from pipeline.respiratory import RespiratoryConfig
+
+
+BLUR_MODELS = ("kernel", "projection", "respiratory")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +57,8 @@ class PipelineConfig:
                                                       "per HU above -1024, on top of the noise model; 0 = off")
     collection: str = setting("local", "collection name recorded for --source dicom-dir inputs")
     blur_model: str = setting("kernel", "kernel: image-space motion PSF (the paper's); projection: rigid patient motion "
-                             "during the scan, forward-projected and reconstructed by FBP", choices=("kernel", "projection"))
+                             "during the scan, forward-projected and reconstructed by FBP; respiratory: the series "
+                             "volume breathing during a fan- or cone-beam scan (--geometry)", choices=BLUR_MODELS)
     collections: tuple[str, ...] = setting(DEFAULT_COLLECTIONS, "archive collections for --source tcia and idc (TCIA names, "
                                           "e.g. CPTAC-LUAD; IDC ids such as cptac_luad also work for idc)")
     idc_bucket_root: str = setting("", "root holding <crdc_series_uuid>/ directories for --source idc; empty = the public "
@@ -64,6 +69,7 @@ class PipelineConfig:
     motion: MotionConfig = dataclasses.field(default_factory=MotionConfig)
     noise: NoiseConfig = dataclasses.field(default_factory=NoiseConfig)
     projection: ProjectionConfig = dataclasses.field(default_factory=ProjectionConfig)
+    respiratory: RespiratoryConfig = dataclasses.field(default_factory=RespiratoryConfig)
     series_filter: SeriesFilter = dataclasses.field(default_factory=SeriesFilter)
     tcia: TciaConfig = dataclasses.field(default_factory=TciaConfig)
     registration: RegistrationConfig = dataclasses.field(default_factory=RegistrationConfig)
@@ -110,13 +116,14 @@ class PipelineConfig:
             raise ValueError(f"compression must be none or gzip, got {self.compression!r}")
         if self.noise_sigma_hu < 0 or self.noise_poisson_counts_per_hu < 0:
             raise ValueError("noise settings must be >= 0")
-        if self.blur_model not in ("kernel", "projection"):
-            raise ValueError(f"blur_model must be kernel or projection, got {self.blur_model!r}")
+        if self.blur_model not in BLUR_MODELS:
+            raise ValueError(f"blur_model must be one of {BLUR_MODELS}, got {self.blur_model!r}")
         if self.phantom.patients < 1 or self.phantom.slices < 1 or self.phantom.size < 32:
             raise ValueError(f"phantom needs >= 1 patient, >= 1 slice and size >= 32, got {self.phantom}")
         self.motion.validate()
         self.noise.validate()
         self.projection.validate()
+        self.respiratory.validate()
         self.series_filter.validate()
         self.registration.validate()
         if not self.collections:
@@ -143,6 +150,7 @@ PRESETS: Mapping[str, Mapping[str, Any]] = {
         "phantom": {"patients": 4, "slices": 8, "size": 96},
         "motion": {"samples": 200, "length_px_min": 4.0, "length_px_max": 16.0, "psf_max_size": 17},
         "projection": {"views": 90},
+        "respiratory": {"views": 90},
     },
 }
 """Named settings: `paper` (the reference paper's 14,329 pairs), `demo` (minutes on a laptop),

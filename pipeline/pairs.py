@@ -20,8 +20,9 @@ from pipeline.kernels import (
     sample_motion_params,
 )
 from pipeline.noise import add_pair_noise
-from pipeline.planning import PairTask, Rejection
+from pipeline.planning import PairTask, Rejection, SliceBreathing
 from pipeline.projection import projection_pair, sample_rigid_motion
+from pipeline.respiratory import respiratory_pair, slice_motion_mm
 from tfrecords_schema import MOTION_PARAM_NAMES, Pair, encode_pair, frame_record
 
 NO_PSF = np.zeros((1, 1), np.float32)
@@ -63,22 +64,58 @@ def _projection_blur(sharp: np.ndarray, spacing_mm: tuple[float, float], rng: np
             "blur_model": "projection", "projection_kind": motion.kind, "projection": motion.as_record()}
 
 
-def make_pair(task: PairTask, hu: np.ndarray, config: PipelineConfig, registered_fb_hu: np.ndarray | None = None) -> Pair:
-    """Blurs `hu` (float32 [H, W], HU) with the task's random motion (kernel or projection model),
-    then applies the noise model (`pipeline.noise`) to both images.
+def _respiratory_blur(slab_hu: np.ndarray, spacing_mm: tuple[float, float], breathing: SliceBreathing,
+                      slice_index: int, config: PipelineConfig) -> dict:
+    config = config.respiratory
+    local = slice_index - breathing.first_slice
+    anatomy = breathing.anatomy.shifted(breathing.first_slice, breathing.slice_mm)
+    target, blurry = respiratory_pair(slab_hu, (breathing.slice_mm, *spacing_mm), anatomy, local, breathing.trace,
+                                      config, breathing.start_s)
+    trace = breathing.trace
+    above_mm = (breathing.anatomy.diaphragm_mm - slice_index * breathing.slice_mm) * (
+        1.0 if breathing.anatomy.head_first else -1.0)
+    record = {
+        "si_amplitude_mm": trace.si_amplitude_mm, "ap_amplitude_mm": trace.ap_amplitude_mm,
+        "period_s": trace.period_s, "shape_power": trace.shape_power, "drift_mm_per_min": trace.drift_mm_per_min,
+        "trace_duration_s": trace.duration_s, "start_s": breathing.start_s, "scan_s": config.scan_s,
+        "arc_deg": 360.0 if config.geometry == "fan" else config.cone_arc_deg, "views": config.views,
+        "above_diaphragm_mm": above_mm,
+        "slice_motion_mm": slice_motion_mm(trace, config, anatomy, local, breathing.slice_mm, breathing.start_s),
+    }
+    cycles = {"cycle_starts_s": trace.cycle_starts_s, "cycle_periods_s": trace.cycle_periods_s,
+              "cycle_amplitudes": trace.cycle_amplitudes}
+    return {"sharp_hu": to_int16_hu(target), "blurry": blurry, "psf": NO_PSF,
+            "motion": dict.fromkeys(MOTION_PARAM_NAMES, 0.0), "blur_model": "respiratory",
+            "respiratory_geometry": config.geometry, "body_site": breathing.anatomy.body_site,
+            "respiratory": record, "respiratory_cycles": cycles}
 
-    With `projection`, the sharp target is the static reconstruction through the same projector and
-    FBP, so the pair differs only by the motion. For a registered task, `registered_fb_hu` (the
-    free-breathing slice resampled onto this breath-hold slice, [H, W] HU) is the blurry image.
+
+def make_pair(task: PairTask, hu: np.ndarray, config: PipelineConfig, registered_fb_hu: np.ndarray | None = None) -> Pair:
+    """Blurs `hu` (float32 [H, W], HU) with the task's random motion (kernel, projection or
+    respiratory model), then applies the noise model (`pipeline.noise`) to both images.
+
+    With `projection` and `respiratory`, the sharp target is the static reconstruction through the
+    same projector and FBP, so the pair differs only by the motion; for `respiratory`, `hu` is the
+    task's slab of slices [S, H, W] (`SliceBreathing.slab`), else one slice. For a registered task,
+    `registered_fb_hu` (the free-breathing slice resampled onto this breath-hold slice, [H, W] HU)
+    is the blurry image.
     """
     header = task.header
     rng = kernel_rng(config, header.series_uid, task.slice_index, task.kernel_index)
-    sharp = to_int16_hu(hu)
+    breathing = task.breathing
+    if breathing is not None:
+        slab = to_int16_hu(hu)
+        sharp = slab[task.slice_index - breathing.first_slice]
+    else:
+        sharp = to_int16_hu(hu)
     if task.registered_fb:
         if registered_fb_hu is None or registered_fb_hu.shape != sharp.shape:
             raise ValueError(f"{task.record_key}: registered task needs its FB slice of shape {sharp.shape}")
         blurred = {"sharp_hu": sharp, "blurry": registered_fb_hu, "psf": NO_PSF,
                    "motion": dict.fromkeys(MOTION_PARAM_NAMES, 0.0), "blur_model": "none"}
+    elif breathing is not None:
+        blurred = _respiratory_blur(slab.astype(np.float32), header.pixel_spacing_mm, breathing, task.slice_index,
+                                    config)
     elif config.blur_model == "projection":
         blurred = _projection_blur(sharp, header.pixel_spacing_mm, rng, config)
     else:
@@ -121,31 +158,43 @@ def shard_records(tasks: Iterable[PairTask | None], config: PipelineConfig, read
 
     `read_hu(path)` gives a file's HU float32 [frames, H, W]; `read_registered(path)` the
     registered free-breathing slices by SOPInstanceUID (`archive_sources.registered_slices`).
-    Each file is read once for its consecutive tasks. A file that cannot be read again
-    (CTInputError, OSError) is rejected once, on its first task; its other tasks are left out.
-    `None` tasks (placeholders of empty shards) are skipped.
+    A task reads its slice's file, or for a respiratory task the files of its slab; files stay
+    cached while consecutive tasks need them (a slab moves by one slice from task to task). A task
+    whose files cannot be read again (CTInputError, OSError) is rejected once per slice file, with
+    the first error; its other tasks are left out. `None` tasks (placeholders of empty shards) are
+    skipped.
     """
     records, written, rejections = [], [], []
-    cached_path, cached_hu = None, None
+    cached: dict[str, np.ndarray | None] = {}
+    rejected: set[str] = set()
     registered: dict[str, dict[str, np.ndarray]] = {}
     for task in sorted((t for t in tasks if t is not None), key=lambda t: t.record_key):
         header = task.header
-        if header.path != cached_path:
-            cached_path, cached_hu = header.path, None
+        needed = task.breathing.slab if task.breathing is not None else (header,)
+        cached = {path: hu for path, hu in cached.items() if path in {h.path for h in needed}}
+        for other in needed:
+            if other.path in cached:
+                continue
             try:
-                cached_hu = read_hu(header.path)
+                cached[other.path] = read_hu(other.path)
             except (CTInputError, OSError) as error:
+                cached[other.path] = None
+                if header.path in rejected:
+                    continue
+                rejected.add(header.path)
                 reason = error.reason if isinstance(error, CTInputError) else "unreadable_file"
-                rejections.append(Rejection(header.path, reason, f"on re-read for writing: {error}", "write",
+                where = "" if other.path == header.path else f"slab slice {other.path} "
+                rejections.append(Rejection(header.path, reason, f"{where}on re-read for writing: {error}", "write",
                                             header.series_uid, header.sop_instance_uid, task.slice_index))
-        if cached_hu is None:
+        if any(cached[h.path] is None for h in needed):
             continue
+        hu = np.stack([cached[h.path][h.frame_index or 0] for h in needed])
         fb_hu = None
         if task.registered_fb:
             if task.registered_fb not in registered:
                 registered[task.registered_fb] = read_registered(task.registered_fb)
             fb_hu = registered[task.registered_fb][header.sop_instance_uid]
-        records.append(frame_record(encode_task(task, cached_hu[header.frame_index or 0], config, fb_hu)))
+        records.append(frame_record(encode_task(task, hu if task.breathing is not None else hu[0], config, fb_hu)))
         written.append(task)
     return records, written, rejections
 

@@ -18,7 +18,17 @@ from typing import Iterable, Mapping, Sequence
 
 from ct_io.series import slice_order_key
 from pipeline.config import PipelineConfig
-from pipeline.hashing import patient_key, stable_hash
+from pipeline.hashing import derive_rng, patient_key, stable_hash
+from pipeline.respiratory import (
+    BreathingAnatomy,
+    BreathingTrace,
+    body_site_of,
+    diaphragm_anatomy,
+    reach_slices,
+    sample_breathing,
+    slice_start_s,
+    trace_duration_s,
+)
 from pipeline.slice_scan import SliceHeader
 from tfrecords_schema import split_dir
 
@@ -97,6 +107,20 @@ class Plan:
 
 
 @dataclasses.dataclass(frozen=True)
+class SliceBreathing:
+    """What a respiratory pair needs besides its own slice: the series' anatomy and breathing trace,
+    the slab of slices it reads (`slab[slice_index - first_slice]` is its own), slice spacing (mm)
+    and the time its scan starts (s into the trace)."""
+
+    anatomy: BreathingAnatomy
+    trace: BreathingTrace
+    slab: tuple[SliceHeader, ...]
+    first_slice: int
+    slice_mm: float
+    start_s: float
+
+
+@dataclasses.dataclass(frozen=True)
 class PairTask:
     """Everything needed to make and place one pair, without pixels."""
 
@@ -112,6 +136,8 @@ class PairTask:
     header: SliceHeader
     registered_fb: str = ""
     """Set for the real pair (kernel 0) of a registered slice: the FB file to take blurry from."""
+    breathing: SliceBreathing | None = None
+    """Set for a respiratory pair."""
 
     @property
     def split_dir(self) -> str:
@@ -173,6 +199,68 @@ def assemble_series(
     first = kept[0][0]
     return SeriesSlices(series_uid, patients[0], first.collection, first.source_kind, slices, tuple(eligible),
                         first.registered_fb), rejections
+
+
+SPACING_TOLERANCE = 0.01
+"""Largest relative deviation of a slice gap from the series' mean gap for the respiratory model."""
+
+
+def breathing_trace_of(series: SeriesSlices, config: PipelineConfig) -> BreathingTrace:
+    """The series' breathing (one patient, one scan): seeded by (run seed, series uid)."""
+    return sample_breathing(derive_rng(config.seed, "breathing", series.series_uid), config.respiratory,
+                            trace_duration_s(config.respiratory, len(series.slices)))
+
+
+def _slice_mm(series: SeriesSlices) -> tuple[float, str]:
+    """(slice spacing mm, "") of a series with uniform slice gaps, else (nan, why not)."""
+    positions = [h.position_mm for h in series.slices]
+    if len(positions) < 2 or None in positions:
+        return math.nan, "the respiratory model needs >= 2 slices with ImagePositionPatient"
+    gaps = [b - a for a, b in zip(positions, positions[1:])]
+    mean = sum(gaps) / len(gaps)
+    if mean <= 0 or max(abs(gap - mean) for gap in gaps) > SPACING_TOLERANCE * mean:
+        return math.nan, (f"slice gaps {min(gaps):.3f}-{max(gaps):.3f} mm are not uniform (the respiratory model "
+                          f"needs a regular volume, tolerance {SPACING_TOLERANCE:.0%})")
+    return mean, ""
+
+
+def breathing_rejections(series: SeriesSlices, config: PipelineConfig) -> list[Rejection]:
+    """Rejections of a series' eligible slices when the respiratory model cannot use the series (no
+    positions or non-uniform slice gaps; fewer than 2 x reach + 1 slices, where reach is
+    `respiratory.reach_slices` of its trace), else []."""
+    slice_mm, problem = _slice_mm(series)
+    reason = "breathing_irregular_volume"
+    if not problem:
+        reach = reach_slices(breathing_trace_of(series, config), slice_mm)
+        if len(series.slices) < 2 * reach + 1:
+            reason, problem = "breathing_too_few_slices", (
+                f"{len(series.slices)} slices {slice_mm:.2f} mm apart, fewer than the {2 * reach + 1} its breathing "
+                f"needs (anatomy up to {reach} slices away passes through a slice)")
+    if not problem:
+        return []
+    return [Rejection(series.slices[index].path, reason, f"series {series.series_uid}: {problem}", "series",
+                      series.series_uid, series.slices[index].sop_instance_uid, index) for index in series.eligible]
+
+
+def series_breathing(series: SeriesSlices, config: PipelineConfig) -> list[SliceBreathing]:
+    """Per slice of a series that passes `breathing_rejections`: its respiratory context. Body site
+    `respiratory.body_site_of` (BodyPartExamined, else lungs -> thorax); slice 0 is superior if its
+    patient z is larger; a fan-beam scan runs from head to feet."""
+    slices = series.slices
+    slice_mm, _ = _slice_mm(series)
+    trace = breathing_trace_of(series, config)
+    air = [h.air_fraction for h in slices]
+    head_first = slices[0].patient_z_mm > slices[-1].patient_z_mm
+    site = body_site_of(slices[0].body_part, air)
+    anatomy = diaphragm_anatomy(air, slice_mm, site, head_first, config.respiratory.move_head)
+    reach = reach_slices(trace, slice_mm)
+    contexts = []
+    for index in range(len(slices)):
+        first = max(0, index - reach)
+        position = index if head_first else len(slices) - 1 - index
+        contexts.append(SliceBreathing(anatomy, trace, slices[first: index + reach + 1], first, slice_mm,
+                                       slice_start_s(config.respiratory, position)))
+    return contexts
 
 
 def _largest_remainder(total: int, weights: Sequence[tuple[str, int]], seed: int) -> dict[str, int]:
@@ -275,10 +363,12 @@ def pair_tasks(series: SeriesSlices, plan: Plan, config: PipelineConfig) -> tupl
     """The pairs a series contributes under `plan`, and the eligible slices it leaves out.
 
     A registered series' slices give their real FB/DIBH pair as kernel 0 and, when
-    `kernels_per_slice` > 1, synthetic kernel pairs of the breath-hold slice as kernels 1.. .
+    `kernels_per_slice` > 1, synthetic pairs of the breath-hold slice as kernels 1.. . With the
+    respiratory model each synthetic task carries its `SliceBreathing`.
     """
     series_plan = plan.series[series.series_uid]
     chosen = set(evenly_spaced(len(series.eligible), series_plan.quota))
+    breathing = series_breathing(series, config) if config.blur_model == "respiratory" else None
     tasks: list[PairTask] = []
     rejections: list[Rejection] = []
     rank = 0
@@ -303,7 +393,7 @@ def pair_tasks(series: SeriesSlices, plan: Plan, config: PipelineConfig) -> tupl
             tasks.append(PairTask(
                 key, series_plan.split, subdataset, shard_of(key, shards), kernel_index, index,
                 series.collection, "registered" if real_pair else "synthetic", series.patient_id, header,
-                series.registered_fb if real_pair else "",
+                series.registered_fb if real_pair else "", breathing[index] if breathing and not real_pair else None,
             ))
         rank += 1
     return tasks, rejections

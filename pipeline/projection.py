@@ -450,6 +450,17 @@ def project(attenuation: np.ndarray, geometry: ScanGeometry, poses: np.ndarray) 
     return _sinograms(attenuation, geometry, [poses])[0]
 
 
+def project_views(attenuation: np.ndarray, geometry: ScanGeometry, view_indices: np.ndarray) -> np.ndarray:
+    """Views float64 [len(view_indices), bins] (attenuation * mm) of the static object [H, W] at the
+    scan's views `view_indices` (ints in [0, views)): one spectrum, gridding of those views only."""
+    if attenuation.shape != geometry.shape:
+        raise ValueError(f"image shape {attenuation.shape} does not match the scan geometry {geometry.shape}")
+    spectrum = _object_spectrum(attenuation, geometry.pixel_spacing_mm)
+    angles = geometry.angles_rad[np.asarray(view_indices, dtype=np.intp)]
+    shifts = spectrum.origin_mm[0] * np.cos(angles) + spectrum.origin_mm[1] * np.sin(angles)
+    return _views_from_spectra(_line_spectra(spectrum, geometry, angles), geometry, shifts)
+
+
 def _sinograms(attenuation: np.ndarray, geometry: ScanGeometry, pose_sets: list[np.ndarray]) -> list[np.ndarray]:
     """Sinograms of one object under several pose sets, sharing its spectrum and unrotated views."""
     if attenuation.shape != geometry.shape:
@@ -568,11 +579,19 @@ def projection_pair(hu: np.ndarray, pixel_spacing_mm: tuple[float, float], motio
     reach = float(np.hypot(poses[:, 0], poses[:, 1]).max())
     geometry = scan_geometry(hu.shape, pixel_spacing_mm, config, reach)
     static, moving = _sinograms(hu_to_attenuation(hu), geometry, [np.zeros_like(poses), poses])
-    angles, static_table = _filtered_views(static, geometry, config.fbp_filter)
+    return reconstruct_pair(static, moving, geometry, config.fbp_filter)
+
+
+def reconstruct_pair(static: np.ndarray, moving: np.ndarray, geometry: ScanGeometry,
+                     fbp_filter: str = "ramp") -> tuple[np.ndarray, np.ndarray]:
+    """(sharp_hu, blurry_hu), float32 [H, W] in HU: FBP of the static and of the moving sinogram
+    [views, bins] (attenuation * mm), back-projected in one pass (real and imaginary parts of one
+    table). Equal sinograms give bit-identical images."""
+    angles, static_table = _filtered_views(static, geometry, fbp_filter)
     if np.array_equal(moving, static):
         sharp = attenuation_to_hu(_back_project(static_table, angles, geometry))
         return sharp, sharp.copy()
-    _, moving_table = _filtered_views(moving, geometry, config.fbp_filter)
+    _, moving_table = _filtered_views(moving, geometry, fbp_filter)
     both = np.empty(static_table.shape, dtype=np.complex64)
     both.real = static_table
     both.imag = moving_table

@@ -18,6 +18,7 @@ from ct_io.dicom import dataset_frames, frames_hu, parse_dicom, skip_reason
 from ct_io.errors import CTInputError
 from ct_io.hu import body_fraction, with_air
 from ct_io.series import Frame
+from pipeline.respiratory import air_fraction
 
 AXIAL_MIN_NORMAL_Z = 0.9
 """|z component| of the slice normal above which a slice counts as axial (gantry tilt <= ~25 deg)."""
@@ -29,7 +30,9 @@ class SliceHeader:
 
     position_mm: signed distance along the slice normal (`ct_io.series.position_along_normal`).
     pixel_spacing_mm: (between rows, between columns). frame_index: the frame of a multi-frame
-    file, None for a single-frame file.
+    file, None for a single-frame file. patient_z_mm: the patient z (superior positive) of the
+    first pixel, None if unknown. body_part: DICOM BodyPartExamined ("" if absent). air_fraction:
+    `pipeline.respiratory.air_fraction` of the slice when scanned for the respiratory model, else NaN.
     """
 
     path: str
@@ -44,6 +47,9 @@ class SliceHeader:
     instance_number: int | None
     body_fraction: float
     frame_index: int | None = None
+    patient_z_mm: float | None = None
+    body_part: str = ""
+    air_fraction: float = float("nan")
 
 
 def _patient_id(dataset: Dataset) -> str:
@@ -81,8 +87,9 @@ def read_file_hu(data: bytes, path: str) -> np.ndarray:
     return with_air(hu, padding)
 
 
-def scan_file(data: bytes, path: str, body_hu_threshold: float) -> list[SliceHeader]:
-    """Reads and validates one file fully (pixels included); one header per frame.
+def scan_file(data: bytes, path: str, body_hu_threshold: float, with_air_fraction: bool = False) -> list[SliceHeader]:
+    """Reads and validates one file fully (pixels included); one header per frame, with each
+    slice's air fraction if `with_air_fraction` (the respiratory model's diaphragm search).
 
     Raises CTInputError with the first problem found.
     """
@@ -103,4 +110,7 @@ def scan_file(data: bytes, path: str, body_hu_threshold: float) -> list[SliceHea
         instance_number=frame.instance_number,
         body_fraction=body_fraction(hu[index], body_hu_threshold),
         frame_index=frame.frame_index,
+        patient_z_mm=None if frame.position_mm is None else float(frame.position_mm[2]),
+        body_part=str(dataset.get("BodyPartExamined", "") or ""),
+        air_fraction=air_fraction(hu[index]) if with_air_fraction else float("nan"),
     ) for index, frame in enumerate(frames)]

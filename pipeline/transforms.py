@@ -33,6 +33,7 @@ from pipeline.planning import (
     Rejection,
     SeriesSlices,
     assemble_series,
+    breathing_rejections,
     make_plan,
     pair_tasks,
     series_summary,
@@ -56,15 +57,16 @@ def _count_rejection(rejection: Rejection) -> Rejection:
 class ScanSlicesFn(beam.DoFn):
     """InputFile -> (series_uid, (InputFile, SliceHeader)) per slice (frame), or a tagged Rejection."""
 
-    def __init__(self, body_hu_threshold: float):
+    def __init__(self, body_hu_threshold: float, with_air_fraction: bool = False):
         self.body_hu_threshold = body_hu_threshold
+        self.with_air_fraction = with_air_fraction
         self.files_read = Metrics.counter(NAMESPACE, "files_read")
         self.slices_scanned = Metrics.counter(NAMESPACE, "slices_scanned")
 
     def process(self, source: InputFile):
         self.files_read.inc()
         try:
-            headers = scan_file(read_bytes(source.path), source.path, self.body_hu_threshold)
+            headers = scan_file(read_bytes(source.path), source.path, self.body_hu_threshold, self.with_air_fraction)
         except CTInputError as rejected:
             yield beam.pvalue.TaggedOutput(REJECTED, _count_rejection(
                 Rejection(source.path, rejected.reason, rejected.detail, "scan")))
@@ -79,15 +81,21 @@ class ScanSlicesFn(beam.DoFn):
 
 
 class AssembleSeriesFn(beam.DoFn):
-    """(series_uid, members) -> SeriesSlices, plus tagged Rejections."""
+    """(series_uid, members) -> SeriesSlices, plus tagged Rejections (with the respiratory model,
+    also of the series it cannot use: `planning.breathing_rejections`)."""
 
-    def __init__(self, min_body_fraction: float):
-        self.min_body_fraction = min_body_fraction
+    def __init__(self, config: PipelineConfig):
+        self.config = config
         self.series = Metrics.counter(NAMESPACE, "series_assembled")
 
     def process(self, element):
         series_uid, members = element
-        series, rejections = assemble_series(series_uid, members, self.min_body_fraction)
+        series, rejections = assemble_series(series_uid, members, self.config.min_body_fraction)
+        if series is not None and self.config.blur_model == "respiratory":
+            unusable = breathing_rejections(series, self.config)
+            if unusable:
+                LOG.warning("series %s: %s", series_uid, unusable[0].detail)
+                rejections, series = rejections + unusable, None
         for rejection in rejections:
             yield beam.pvalue.TaggedOutput(REJECTED, _count_rejection(rejection))
         if series is not None:
@@ -234,15 +242,15 @@ def _summarize(_, files: int, slices: int, frames: int, multiframe_files: int, s
 class AssembleSeries(beam.PTransform):
     """(series_uid, (InputFile, SliceHeader)) per slice -> {"series": SeriesSlices, REJECTED: Rejection}."""
 
-    def __init__(self, min_body_fraction: float):
+    def __init__(self, config: PipelineConfig):
         super().__init__()
-        self.min_body_fraction = min_body_fraction
+        self.config = config
 
     def expand(self, slices):
         assembled = (
             slices
             | "GroupBySeries" >> beam.GroupByKey()
-            | "AssembleSeries" >> beam.ParDo(AssembleSeriesFn(self.min_body_fraction)).with_outputs(
+            | "AssembleSeries" >> beam.ParDo(AssembleSeriesFn(self.config)).with_outputs(
                 REJECTED, main="series")
         )
         return {"series": assembled.series, REJECTED: assembled[REJECTED]}
@@ -377,9 +385,9 @@ class MakeDataset(beam.PTransform):
         config = self.config
         files = inputs | "InputFiles" >> beam.Filter(lambda item: isinstance(item, InputFile))
         source_rejections = inputs | "SourceRejections" >> beam.Filter(lambda item: isinstance(item, Rejection))
-        scanned = files | "ScanSlices" >> beam.ParDo(ScanSlicesFn(config.body_hu_threshold)).with_outputs(
-            REJECTED, main="slices")
-        assembled = scanned.slices | "Assemble" >> AssembleSeries(config.min_body_fraction)
+        scanned = files | "ScanSlices" >> beam.ParDo(
+            ScanSlicesFn(config.body_hu_threshold, config.blur_model == "respiratory")).with_outputs(REJECTED, main="slices")
+        assembled = scanned.slices | "Assemble" >> AssembleSeries(config)
         plan = assembled["series"] | "PlanDataset" >> PlanDataset(config)
         written = {"series": assembled["series"], "plan": plan} | "WriteShards" >> WriteShards(config, self.output)
         rejected = (source_rejections, scanned[REJECTED], assembled[REJECTED], written[REJECTED]) \

@@ -112,3 +112,21 @@ def test_every_flag_of_before_is_still_accepted(module):
         args, rest = parser.parse_known_args(REQUIRED.get(module, []) + [flag, *sample_argv(action)])
         assert rest == [], (flag, rest)
         assert getattr(args, action.dest) is not None or action.default is None and action.nargs == 0, flag
+
+
+def test_geometry_is_the_respiratory_models_short_flag(tmp_path):
+    from pipeline.config import config_from_args
+
+    parser = importlib.import_module("pipeline.make_dataset").build_parser()
+    for flag in ("--geometry", "--respiratory_geometry"):
+        args = parser.parse_args(["--output", "o", "--blur_model", "respiratory", flag, "cone"])
+        config = config_from_args(args)
+        assert (config.blur_model, config.respiratory.geometry, config.projection.geometry) == ("respiratory", "cone", "parallel")
+    yaml_file = tmp_path / "resp.yaml"
+    yaml_file.write_text("blur_model: respiratory\nrespiratory:\n  geometry: cone\n  cone_arc_deg: 200\n")
+    config = config_from_args(parser.parse_args(["--output", "o", "--config", str(yaml_file)]))
+    assert (config.respiratory.geometry, config.respiratory.cone_arc_deg) == ("cone", 200.0)
+    assert config_from_args(parser.parse_args(["--output", "o", "--config", str(yaml_file), "--geometry", "fan"])) \
+        .respiratory.geometry == "fan"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--output", "o", "--geometry", "parallel"])

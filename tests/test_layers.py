@@ -65,8 +65,8 @@ def test_no_import_circle():
     assert [c for c in circles if not c.startswith(c.split(" -> ")[-1] + ".")] == []
 
 
-@pytest.mark.parametrize("module", ["pipeline.kernels", "pipeline.noise", "pipeline.projection", "ct_io.hu",
-                                    "ct_io.series"])
+@pytest.mark.parametrize("module", ["pipeline.kernels", "pipeline.noise", "pipeline.projection", "pipeline.respiratory",
+                                    "ct_io.hu", "ct_io.series"])
 def test_pure_module_loads_no_io_library(module):
     blocked = ("SimpleITK", "pydicom", "apache_beam", "tensorflow", "requests", "google")
     code = (f"import sys\nfor name in {blocked!r}: sys.modules[name] = None\n"

@@ -71,6 +71,7 @@ def test_plain_tf_data_reads_identical_arrays(tmp_path):
 
 def test_newer_schema_version_is_refused(monkeypatch):
     monkeypatch.setattr(pair_module, "SCHEMA_VERSION", schema.SCHEMA_VERSION + 1)
+    monkeypatch.setattr(pair_module, "_LAYOUT_VERSION", schema.SCHEMA_VERSION + 1)
     future = pair_module.encode_pair(make_pair())
     monkeypatch.undo()
     with pytest.raises(schema.SchemaVersionError, match="newer than this reader"):
@@ -146,3 +147,40 @@ def test_projection_parameters_round_trip():
     assert decoded.projection == pytest.approx(motion)
     with pytest.raises(ValueError, match="blur_model"):
         schema.encode_pair(make_pair(blur_model="wobble"))
+
+
+def respiratory_pair(**overrides) -> schema.Pair:
+    breathing = {name: 0.5 * (i + 1) for i, name in enumerate(schema.RESPIRATORY_PARAM_NAMES)}
+    cycles = {"cycle_starts_s": (-1.5, 2.25, 6.0), "cycle_periods_s": (3.75, 3.75, 4.0), "cycle_amplitudes": (1.0, 0.875, 1.125)}
+    values = dict(psf=np.zeros((1, 1), np.float32), blur_model="respiratory", respiratory_geometry="cone",
+                  body_site="thorax", respiratory=breathing, respiratory_cycles=cycles)
+    return make_pair(**{**values, **overrides})
+
+
+def test_respiratory_records_are_version_4_and_round_trip():
+    pair = respiratory_pair()
+    decoded = schema.decode_pair(schema.encode_pair(pair))
+    assert decoded.schema_version == 4 == schema.SCHEMA_VERSION and decoded.blur_model == "respiratory"
+    assert (decoded.respiratory_geometry, decoded.body_site) == ("cone", "thorax")
+    assert decoded.respiratory == pair.respiratory and decoded.respiratory_cycles == pair.respiratory_cycles
+    (tensors,) = list(tf.data.Dataset.from_tensors(schema.encode_pair(pair)).map(schema.parse_pair_tensors))
+    assert float(tensors["respiratory/period_s"]) == pair.respiratory["period_s"]
+    assert tensors["respiratory_geometry"].numpy() == b"cone"
+    with pytest.raises(ValueError, match="respiratory pair needs"):
+        schema.encode_pair(respiratory_pair(respiratory_cycles={}))
+    with pytest.raises(ValueError, match="respiratory parameters on a kernel pair"):
+        schema.encode_pair(make_pair(respiratory=pair.respiratory))
+
+
+def test_other_records_keep_the_version_3_layout_and_older_ones_decode_without_breathing():
+    record = schema.encode_pair(make_pair(seed=2))
+    features = tf.train.Example.FromString(record).features.feature
+    assert features["schema_version"].int64_list.value[:] == [3]
+    assert not [name for name in features if name.startswith("respiratory") or name == "body_site"]
+    assert schema.encode_pair(schema.decode_pair(record)) == record
+    for old in (record, version_1_record(make_pair(seed=2))):
+        decoded = schema.decode_pair(old)
+        assert decoded.respiratory == dict.fromkeys(schema.RESPIRATORY_PARAM_NAMES, 0.0)
+        assert decoded.respiratory_cycles == {} and decoded.respiratory_geometry == decoded.body_site == ""
+        (tensors,) = list(tf.data.Dataset.from_tensors(old).map(schema.parse_pair_tensors))
+        assert float(tensors["respiratory/si_amplitude_mm"]) == 0.0 and tensors["body_site"].numpy() == b""

@@ -6,6 +6,7 @@ scikit-image), independently of the tf.data path under test.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -25,6 +26,8 @@ from pipeline.stats.cli import main
 from tfrecords_schema import (
     MANIFEST_NAME,
     MOTION_PARAM_NAMES,
+    RESPIRATORY_CYCLE_NAMES,
+    RESPIRATORY_PARAM_NAMES,
     SCHEMA_VERSION,
     Pair,
     decode_pair,
@@ -578,3 +581,41 @@ def test_usage_errors_exit_2_with_a_message(dataset, tmp_path, capsys, args, mes
 
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def test_breathing_histograms_of_respiratory_pairs_and_none_for_other_blur_models(dataset, tmp_path, capsys):
+    code, report = run([dataset], tmp_path)
+    assert code == 0 and "breathing amplitude" not in capsys.readouterr().out
+    assert report["totals"]["all"]["respiratory_si_amplitude_mm_histogram"] == {"bin_width": 1.0, "bins": []}
+    assert report["totals"]["all"]["respiratory_period_s"]["count"] == 0
+
+    root = copy_dataset(dataset, tmp_path)
+    path = os.path.join(root, "train-1", shard_name(0, 1, "none"))
+    breathing = [(7.5, 3.6), (12.25, 4.1)]
+    records = []
+    for pair, (amplitude, period) in zip(decoded(path), breathing, strict=True):
+        values = dict.fromkeys(RESPIRATORY_PARAM_NAMES, 1.0) | {"si_amplitude_mm": amplitude, "period_s": period}
+        cycles = {name: (0.5, 1.0) for name in RESPIRATORY_CYCLE_NAMES}
+        records.append(encode_pair(dataclasses.replace(
+            pair, blur_model="respiratory", source_kind="synthetic", psf=np.zeros((1, 1), np.float32),
+            respiratory_geometry="fan", body_site="thorax", respiratory=values, respiratory_cycles=cycles)))
+    write_shard(path, records)
+    with open(os.path.join(root, MANIFEST_NAME), encoding="utf-8") as handle:
+        manifest = json.load(handle)
+    manifest["splits"]["train-1"]["shards"][0]["sha256"] = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    with open(os.path.join(root, MANIFEST_NAME), "w", encoding="utf-8") as handle:
+        json.dump(manifest, handle)
+
+    code, report = run([root, "--html", str(tmp_path / "report.html")], tmp_path)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    for group in (report["totals"]["all"], report["splits"]["train-1"]):
+        assert group["blur_models"].get("respiratory") == 2
+        assert group["respiratory_si_amplitude_mm_histogram"] == {"bin_width": 1.0, "bins": [[7.0, 1], [12.0, 1]]}
+        assert group["respiratory_period_s_histogram"] == {"bin_width": 0.25, "bins": [[3.5, 1], [4.0, 1]]}
+        assert group["respiratory_si_amplitude_mm"]["mean"] == pytest.approx(9.875)
+        assert group["respiratory_period_s"]["max"] == pytest.approx(4.1, rel=1e-6)
+    assert report["splits"]["test"]["respiratory_period_s_histogram"]["bins"] == []
+    assert "breathing amplitude mm / period s" in out and "9.9 / 3.85" in out
+    html = open(tmp_path / "report.html", encoding="utf-8").read()
+    assert "fan beam, thorax, diaphragm 12.2 mm, period 4.1 s" in html or "fan beam, thorax, diaphragm 7.5 mm" in html

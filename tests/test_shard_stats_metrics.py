@@ -147,7 +147,7 @@ def _measurements(patients: list[str]) -> Measurements:
         "series_uid": "s", "collection": "c", "source_kind": "synthetic", "split": "train", "subdataset": 0,
         "height": 16, "width": 16, "psf_extent_px": 3, "trajectory_length_px": 2.0, "squared_error_sum": 0,
         "ssim": 1.0, "image_measured": True, "blur_model": "kernel", "translation_extent_mm": 0.0,
-        "rotation_extent_deg": 0.0,
+        "rotation_extent_deg": 0.0, "si_amplitude_mm": 0.0, "period_s": 0.0,
     }
     rows = {name: [constant[name]] * len(patients) for name in constant}
     rows.update(record_index=list(range(len(patients))), patient_key=patients)

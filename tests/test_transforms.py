@@ -61,7 +61,7 @@ def test_assemble_series_orders_slices_along_the_normal(tmp_path):
     series_uid = members[0][1].series_uid
     with TestPipeline() as pipeline:
         assembled = (pipeline | beam.Create([(series_uid, members)])
-                     | beam.ParDo(AssembleSeriesFn(0.0)).with_outputs(REJECTED, main="series"))
+                     | beam.ParDo(AssembleSeriesFn(config_from_dict({"min_body_fraction": 0.0}))).with_outputs(REJECTED, main="series"))
         order = assembled.series | beam.Map(lambda s: [h.position_mm for h in s.slices])
         assert_that(order, equal_to([[-5.0, -2.5, 0.0]]))
 

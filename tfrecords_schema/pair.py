@@ -13,7 +13,7 @@ from typing import Mapping
 import numpy as np
 import tensorflow as tf
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """Version of the record layout. Bump it when a feature is added, removed or changes meaning.
 
 1: images, PSF, kernel parameters, provenance, split.
@@ -21,12 +21,21 @@ SCHEMA_VERSION = 3
    records still decode: their blur model is "kernel" and their projection parameters are 0.
 3: adds the noise forward model's parameters (`noise/*`). Older records decode with all 0 (no
    noise model: only `noise_sigma_hu`, the optional white noise on the blurry image).
+4: adds blur model `respiratory` with `respiratory_geometry`, `body_site`, the breathing
+   parameters (`respiratory/*`) and the breathing trace's cycles (`respiratory/cycle_*`, float
+   lists). Only respiratory records are written as version 4; every other record keeps the
+   version 3 layout and number, so datasets of the other blur models are byte-identical to
+   before (their manifest.json names the writer's version, 4). Older records decode with empty
+   strings and 0.
 """
-READABLE_VERSIONS = (1, 2, 3)
+READABLE_VERSIONS = (1, 2, 3, 4)
+_LAYOUT_VERSION = 3
+"""Version written for records without respiratory features (`SCHEMA_VERSION` for the others)."""
 
-BLUR_MODELS = ("kernel", "projection", "none")
+BLUR_MODELS = ("kernel", "projection", "respiratory", "none")
 """kernel: image-space motion PSF (Boracchi-Foi); projection: rigid motion during the CT scan,
-forward-projected and reconstructed by FBP; none: a registered real pair without simulated blur."""
+forward-projected and reconstructed by FBP; respiratory: the series volume breathing during a fan-
+or cone-beam scan (`pipeline.respiratory`); none: a registered real pair without simulated blur."""
 
 SOURCE_KINDS = ("synthetic", "registered")
 """`synthetic`: blurry made from sharp by a simulated PSF; `registered`: a real FB/DIBH pair."""
@@ -84,6 +93,33 @@ frequency (cycles/mm) of that noise's power spectrum. All 0 for registered pairs
 older than version 3."""
 
 
+RESPIRATORY_PARAM_NAMES = (
+    "si_amplitude_mm",
+    "ap_amplitude_mm",
+    "period_s",
+    "shape_power",
+    "drift_mm_per_min",
+    "trace_duration_s",
+    "start_s",
+    "scan_s",
+    "arc_deg",
+    "views",
+    "above_diaphragm_mm",
+    "slice_motion_mm",
+)
+"""Breathing of a respiratory pair (`respiratory/<name>` floats; 0 for other blur models; see
+`pipeline.respiratory.BreathingTrace`): diaphragm (superior-inferior) and anterior wall amplitudes
+(mm, exhale to inhale), mean period (s), shape power n, baseline drift (mm/min), the trace's
+duration (s), the start (s into the trace) and duration (s) of this slice's scan, its gantry arc
+(degrees) and parallel views, the slice's distance above the diaphragm (mm, negative below) and the
+superior-inferior motion of tissue deep in the body during its scan (mm, peak to peak)."""
+
+RESPIRATORY_CYCLE_NAMES = ("cycle_starts_s", "cycle_periods_s", "cycle_amplitudes")
+"""The trace's cycles (`respiratory/<name>` float lists, one value per cycle; absent for other blur
+models): with the parameters above they give the breathing b(t) of `pipeline.respiratory`
+(`BreathingTrace`, `breathing_signal`). Read by `decode_pair`; not in `FEATURE_SPEC` (variable length)."""
+
+
 class SchemaVersionError(ValueError):
     """A record was written with a schema version this reader cannot read."""
 
@@ -126,6 +162,10 @@ class Pair:
     projection_kind: str = ""
     projection: Mapping[str, float] = dataclasses.field(default_factory=dict)
     noise: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    respiratory_geometry: str = ""
+    body_site: str = ""
+    respiratory: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    respiratory_cycles: Mapping[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -150,6 +190,7 @@ _STRING_FIELDS = (
     "projection_kind",
 )
 _V2_STRINGS = {"blur_model": b"kernel", "projection_kind": b""}
+_RESPIRATORY_STRINGS = ("respiratory_geometry", "body_site")
 _INT_FIELDS = ("slice_index", "kernel_index", "subdataset")
 _FLOAT_FIELDS = ("slice_thickness_mm", "slice_position_mm", "noise_sigma_hu")
 
@@ -173,6 +214,9 @@ def _feature_spec() -> dict[str, tf.io.FixedLenFeature]:
     spec.update({f"projection/{name}": tf.io.FixedLenFeature([], tf.float32, default_value=0.0)
                  for name in PROJECTION_PARAM_NAMES})
     spec.update({f"noise/{name}": tf.io.FixedLenFeature([], tf.float32, default_value=0.0) for name in NOISE_PARAM_NAMES})
+    spec.update({name: tf.io.FixedLenFeature([], tf.string, default_value=b"") for name in _RESPIRATORY_STRINGS})
+    spec.update({f"respiratory/{name}": tf.io.FixedLenFeature([], tf.float32, default_value=0.0)
+                 for name in RESPIRATORY_PARAM_NAMES})
     return spec
 
 
@@ -224,8 +268,15 @@ def encode_pair(pair: Pair) -> bytes:
     unknown = set(pair.noise) - set(NOISE_PARAM_NAMES)
     if unknown:
         raise ValueError(f"unknown noise parameters: {sorted(unknown)}")
+    respiratory = pair.blur_model == "respiratory"
+    if respiratory and (set(pair.respiratory) != set(RESPIRATORY_PARAM_NAMES)
+                        or set(pair.respiratory_cycles) != set(RESPIRATORY_CYCLE_NAMES)):
+        raise ValueError(f"a respiratory pair needs the parameters {RESPIRATORY_PARAM_NAMES} and the cycles "
+                         f"{RESPIRATORY_CYCLE_NAMES}")
+    if not respiratory and (any(pair.respiratory.values()) or pair.respiratory_cycles):
+        raise ValueError(f"respiratory parameters on a {pair.blur_model} pair")
     feature = {
-        "schema_version": _ints(SCHEMA_VERSION),
+        "schema_version": _ints(SCHEMA_VERSION if respiratory else _LAYOUT_VERSION),
         "height": _ints(sharp.shape[0]),
         "width": _ints(sharp.shape[1]),
         "sharp_hu": _bytes(sharp.tobytes()),
@@ -240,6 +291,11 @@ def encode_pair(pair: Pair) -> bytes:
     feature.update({f"motion/{name}": _floats(pair.motion[name]) for name in MOTION_PARAM_NAMES})
     feature.update({f"projection/{name}": _floats(pair.projection.get(name, 0.0)) for name in PROJECTION_PARAM_NAMES})
     feature.update({f"noise/{name}": _floats(pair.noise.get(name, 0.0)) for name in NOISE_PARAM_NAMES})
+    if respiratory:
+        feature.update({name: _bytes(getattr(pair, name).encode("utf-8")) for name in _RESPIRATORY_STRINGS})
+        feature.update({f"respiratory/{name}": _floats(pair.respiratory[name]) for name in RESPIRATORY_PARAM_NAMES})
+        feature.update({f"respiratory/{name}": _floats(*pair.respiratory_cycles[name])
+                        for name in RESPIRATORY_CYCLE_NAMES})
     example = tf.train.Example(features=tf.train.Features(feature=feature))
     return example.SerializeToString(deterministic=True)
 
@@ -306,6 +362,11 @@ def decode_pair(record: bytes) -> Pair:
         projection={name: float(_values(features, f"projection/{name}", "float_list", 0.0)[0])
                     for name in PROJECTION_PARAM_NAMES},
         noise={name: float(_values(features, f"noise/{name}", "float_list", 0.0)[0]) for name in NOISE_PARAM_NAMES},
+        respiratory={name: float(_values(features, f"respiratory/{name}", "float_list", 0.0)[0])
+                     for name in RESPIRATORY_PARAM_NAMES},
+        respiratory_cycles={name: tuple(float(v) for v in features.feature[f"respiratory/{name}"].float_list.value)
+                            for name in RESPIRATORY_CYCLE_NAMES if f"respiratory/{name}" in features.feature},
+        **{name: _values(features, name, "bytes_list", b"")[0].decode("utf-8") for name in _RESPIRATORY_STRINGS},
         schema_version=int(version),
         **{name: _values(features, name, "bytes_list", _V2_STRINGS.get(name))[0].decode("utf-8")
            for name in _STRING_FIELDS},

@@ -202,6 +202,8 @@ def measure_record(index: tf.Tensor, record: tf.Tensor, config: StatsConfig) -> 
         trajectory_length_px=pair["motion/length_px"],
         translation_extent_mm=pair["projection/translation_extent_mm"],
         rotation_extent_deg=pair["projection/rotation_extent_deg"],
+        si_amplitude_mm=pair["respiratory/si_amplitude_mm"],
+        period_s=pair["respiratory/period_s"],
     )
 
     def images() -> dict[str, tf.Tensor]:
@@ -278,7 +280,8 @@ class _ShardRows:
             rows[name].append(self._strings.setdefault(raw, raw.decode("utf-8")))
         for name in ("subdataset", "height", "width", "psf_extent_px", "squared_error_sum"):
             rows[name].append(int(measured[name]))
-        for name in ("trajectory_length_px", "translation_extent_mm", "rotation_extent_deg", "ssim"):
+        for name in ("trajectory_length_px", "translation_extent_mm", "rotation_extent_deg", "si_amplitude_mm",
+                     "period_s", "ssim"):
             rows[name].append(float(measured[name]))
         rows["image_measured"].append(bool(measured["image_measured"]))
         if rows["image_measured"][-1]:

@@ -112,7 +112,8 @@ def _value_histograms(stats: DatasetStats, panels: Sequence[tuple[str, str, bool
 
 def blur_figure(stats: DatasetStats) -> Figure:
     """Blur strength: PSF extent and trajectory length of kernel-blurred pairs, and (if the
-    dataset has any) translation and rotation extents of projection-blurred pairs."""
+    dataset has any) translation and rotation extents of projection-blurred pairs and diaphragm
+    amplitude and breathing period of respiratory pairs."""
     panels = [
         ("PSF extent (kernel blur)", "pixels", True, lambda m: m.columns["psf_extent_px"][m.kernel_blurred()].astype(float)),
         ("trajectory length (kernel blur)", "pixels", False, lambda m: m.columns["trajectory_length_px"][m.kernel_blurred()]),
@@ -121,6 +122,11 @@ def blur_figure(stats: DatasetStats) -> Figure:
         panels += [
             ("translation extent (projection blur)", "mm", False, lambda m: m.columns["translation_extent_mm"][m.projection_blurred()]),
             ("rotation extent (projection blur)", "degrees", False, lambda m: m.columns["rotation_extent_deg"][m.projection_blurred()]),
+        ]
+    if stats.totals[ALL_TOTAL].respiratory_blurred().any():
+        panels += [
+            ("diaphragm amplitude (respiratory blur)", "mm", False, lambda m: m.columns["si_amplitude_mm"][m.respiratory_blurred()]),
+            ("breathing period (respiratory blur)", "s", False, lambda m: m.columns["period_s"][m.respiratory_blurred()]),
         ]
     return _value_histograms(stats, panels)
 
@@ -199,6 +205,9 @@ def _caption(example: Example) -> str:
 
 
 def _motion(pair: Pair) -> str:
+    if pair.blur_model == "respiratory":
+        return (f"{pair.respiratory_geometry} beam, {pair.body_site}, diaphragm "
+                f"{pair.respiratory['si_amplitude_mm']:.1f} mm, period {pair.respiratory['period_s']:.1f} s")
     if pair.blur_model == "projection":
         return (
             f"{pair.projection_kind} motion, translation {pair.projection.get('translation_extent_mm', 0.0):.1f} mm, "

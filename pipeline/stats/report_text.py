@@ -55,6 +55,13 @@ def _projection(group: Mapping[str, Any]) -> str:
     return f"{translation['mean']:.1f} / {rotation['mean']:.1f}"
 
 
+def _breathing(group: Mapping[str, Any]) -> str:
+    amplitude, period = group["respiratory_si_amplitude_mm"], group["respiratory_period_s"]
+    if not amplitude["count"]:
+        return "-"
+    return f"{amplitude['mean']:.1f} / {period['mean']:.2f}"
+
+
 def _median_range(stat: Mapping[str, Any]) -> str:
     if not stat["count"]:
         return "-"
@@ -106,6 +113,8 @@ def tables(report: Mapping[str, Any]) -> list[Table]:
     ]
     if "projection" in report["totals"][ALL_TOTAL]["blur_models"]:
         columns.append(("projection shift mm / rotation deg", _projection))
+    if "respiratory" in report["totals"][ALL_TOTAL]["blur_models"]:
+        columns.append(("breathing amplitude mm / period s", _breathing))
     columns += [
         ("PSNR dB mean ± std", _psnr),
         ("SSIM mean ± std", lambda g: _mean_std(g["ssim"], 4)),

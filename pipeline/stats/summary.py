@@ -34,16 +34,25 @@ COLUMNS: Mapping[str, Any] = {
     "blur_model": object,
     "translation_extent_mm": np.float64,
     "rotation_extent_deg": np.float64,
+    "si_amplitude_mm": np.float64,
+    "period_s": np.float64,
 }
 """One entry per pair. record_index: 0-based position in its shard; psf_extent_px,
 trajectory_length_px: pixels; image_measured: whether the image measurements were taken (see
 `StatsConfig.image_stride`); squared_error_sum: HU^2 inside the PSNR window (-1 if not measured);
 ssim: mean SSIM inside the window (NaN if not measured); blur_model: kernel | projection | none;
-translation_extent_mm, rotation_extent_deg: rigid-motion extents of projection-model pairs."""
+translation_extent_mm, rotation_extent_deg: rigid-motion extents of projection-model pairs;
+si_amplitude_mm, period_s: diaphragm amplitude (mm) and mean breathing period (s) of respiratory
+pairs (0 for others)."""
 
 SYNTHETIC = "synthetic"
 KERNEL = "kernel"
 PROJECTION = "projection"
+RESPIRATORY = "respiratory"
+AMPLITUDE_BIN_MM = 1.0
+"""Bin width of the diaphragm amplitude histogram (mm)."""
+PERIOD_BIN_S = 0.25
+"""Bin width of the breathing period histogram (s)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +103,10 @@ class Measurements:
         """Mask [n] of pairs blurred by rigid motion during a simulated scan (blur_model projection)."""
         return self.columns["blur_model"] == PROJECTION
 
+    def respiratory_blurred(self) -> np.ndarray:
+        """Mask [n] of pairs of a breathing series volume scanned (blur_model respiratory)."""
+        return self.columns["blur_model"] == RESPIRATORY
+
 
 def _counts(values: np.ndarray) -> dict[str, int]:
     return dict(sorted(collections.Counter(str(value) for value in values).items()))
@@ -102,6 +115,13 @@ def _counts(values: np.ndarray) -> dict[str, int]:
 def _percentiles(histogram: np.ndarray, config: StatsConfig) -> dict[str, float | None]:
     values = percentiles_from_histogram(histogram, config.hu_percentiles)
     return {percentile_name(q): None if np.isnan(v) else float(v) for q, v in zip(config.hu_percentiles, values)}
+
+
+def value_histogram(values: np.ndarray, bin_width: float) -> dict[str, Any]:
+    """Counts of `values` in bins [k w, (k + 1) w): {"bin_width": w, "bins": [[k w, count], ...]}
+    over the non-empty bins in order (none for no values)."""
+    starts, counts = np.unique(np.floor(np.asarray(values, np.float64) / bin_width), return_counts=True)
+    return {"bin_width": bin_width, "bins": [[float(start * bin_width), int(count)] for start, count in zip(starts, counts)]}
 
 
 def percentile_name(q: float) -> str:
@@ -114,7 +134,9 @@ def summarise(measurements: Measurements, config: StatsConfig) -> dict[str, Any]
 
     pairs; distinct patients and series; pairs per collection, source kind, blur model and image
     size (HxW); PSF extent and trajectory length (pixels) over kernel-blurred synthetic pairs;
-    translation (mm) and rotation (degrees) extents over projection-blurred pairs; over the
+    translation (mm) and rotation (degrees) extents over projection-blurred pairs; diaphragm
+    amplitude (mm) and breathing period (s) over respiratory pairs, described and as histograms
+    (`value_histogram`, `AMPLITUDE_BIN_MM`, `PERIOD_BIN_S`; no bins without them); over the
     `image_pairs` pairs whose images were measured: HU percentiles of all sharp and all blurry
     pixels, PSNR (dB) and SSIM inside `config.window_hu`. Distributions are
     count/mean/std/min/p50/max of the finite values (`identical_pairs` counts pairs with
@@ -123,6 +145,7 @@ def summarise(measurements: Measurements, config: StatsConfig) -> dict[str, Any]
     columns = measurements.columns
     kernel = measurements.kernel_blurred()
     projection = measurements.projection_blurred()
+    respiratory = measurements.respiratory_blurred()
     psnr = measurements.psnr_db(config.data_range)
     sizes = [f"{h}x{w}" for h, w in zip(columns["height"], columns["width"])]
     return {
@@ -140,6 +163,11 @@ def summarise(measurements: Measurements, config: StatsConfig) -> dict[str, Any]
         "trajectory_length_px": describe(columns["trajectory_length_px"][kernel]),
         "projection_translation_extent_mm": describe(columns["translation_extent_mm"][projection]),
         "projection_rotation_extent_deg": describe(columns["rotation_extent_deg"][projection]),
+        "respiratory_si_amplitude_mm": describe(columns["si_amplitude_mm"][respiratory]),
+        "respiratory_period_s": describe(columns["period_s"][respiratory]),
+        "respiratory_si_amplitude_mm_histogram": value_histogram(columns["si_amplitude_mm"][respiratory],
+                                                                 AMPLITUDE_BIN_MM),
+        "respiratory_period_s_histogram": value_histogram(columns["period_s"][respiratory], PERIOD_BIN_S),
         "psnr_db": {**describe(psnr), "identical_pairs": int(np.isposinf(psnr).sum())},
         "ssim": describe(columns["ssim"]),
     }
