@@ -279,9 +279,9 @@ def diaphragm_profiles(volumes: dict[str, np.ndarray], spacing_mm, diaphragm_ind
 
 def pair_rows(manifest: str) -> list[tuple[str, str, str, dict]]:
     """Table rows of registered FB/DIBH pairs: DIBH against itself, FB against DIBH."""
-    from pipeline.archive_sources import _series_paths, read_pairs_manifest
+    from pipeline.archive_sources import _series_paths, read_pairs_manifest, registration_summary
     from pipeline.archives.registration import RegistrationConfig, read_ct_series, read_series_volume, \
-        register_fb_to_dibh, registration_summary, series_volume
+        register_fb_to_dibh, series_volume
 
     rows = []
     for row in read_pairs_manifest(manifest):

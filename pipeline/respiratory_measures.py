@@ -180,11 +180,11 @@ def edge_widths_mm(image_hu: np.ndarray, reference_hu: np.ndarray, spacing_mm: t
 
 def homogeneous_tissue_mask(volume_hu: np.ndarray, spacing_mm: tuple[float, float, float],
                             radius_mm: float = 5.0, max_range_hu: float = 150.0) -> np.ndarray:
-    """Bool [Z, H, W]: body voxels in `SOFT_TISSUE_HU` whose in-plane neighbourhood (a square of
-    +-radius_mm) spans less than `max_range_hu`: soft tissue away from edges, where any high
-    frequency is texture, noise or streaks."""
+    """Bool [Z, H, W]: body voxels in `SOFT_TISSUE_HU` whose neighbourhood (a box of +-radius_mm, at
+    least one voxel, along each axis) spans less than `max_range_hu`: soft tissue away from edges,
+    where any high frequency is texture, noise or streaks."""
     volume = np.asarray(volume_hu, dtype=np.float32)
-    size = (1, *(2 * max(1, int(round(radius_mm / s))) + 1 for s in spacing_mm[1:]))
+    size = tuple(2 * max(1, int(round(radius_mm / s))) + 1 for s in spacing_mm)
     spread = ndimage.maximum_filter(volume, size) - ndimage.minimum_filter(volume, size)
     low, high = SOFT_TISSUE_HU
     return body_mask(volume) & (volume > low) & (volume < high) & (spread < max_range_hu)
