@@ -21,7 +21,7 @@ amplitude A (diaphragm superior-inferior, exhale to inhale; anterior wall A/4), 
   time-average: the deformed volume averaged over 60 s of the trace, centred (an infinitely slow
                 scan), through the same projector and FBP: no acquisition model involved;
   4D-CT bin:    the deformed volume averaged over the times in one of ten phase bins (30-40% of each
-                cycle, mid-inhale, where the motion is fastest), centred on its mean, same FBP.
+                cycle, on the way to end-inhale at 50%), centred on its mean, same FBP.
 Without amplitude: `kernel` (DeblurGAN motion PSF, `--blur_model kernel`'s defaults, on the sharp
 slices) and `projection` (rigid in-plane motion, `--blur_model projection`'s defaults), each slice
 its own draw as the pipeline does.
@@ -339,7 +339,9 @@ def main() -> None:
     parser.add_argument("--views", type=int, default=360, help="parallel views per slice")
     parser.add_argument("--table_mm_per_s", type=float, default=40.0, help="fan beam: table speed (mm/s)")
     parser.add_argument("--seed", type=int, default=0, help="phantom, breathing trace and blur draws")
-    parser.add_argument("--cache", help="directory for the simulated volumes (reused by a rerun)")
+    parser.add_argument("--cache", help="directory for the simulated volumes, reused by a rerun; files are named by "
+                                         "site, amplitude and seed only, so use one directory per --size, --slice_mm, "
+                                         "--views and --table_mm_per_s")
     parser.add_argument("--figure", help="PNG of the mean diaphragm profiles (thorax)")
     parser.add_argument("--figure_amplitude", type=float, default=20.0, help="amplitude shown in the figure (mm)")
     parser.add_argument("--pairs_manifest", help="CSV of FB/DIBH pairs (the pairs source's) instead of the phantoms")
