@@ -217,8 +217,8 @@ def _slab(shape: tuple[int, ...], spacing_mm: tuple[float, float, float], diaphr
 def lung_base_mask(volume_hu: np.ndarray, spacing_mm: tuple[float, float, float], diaphragm_index: float,
                    head_first: bool = True, above_mm: float = 40.0, erode_mm: float = 3.0) -> np.ndarray:
     """Bool [Z, H, W]: lung parenchyma (< `PARENCHYMA_HU`, in the body, eroded in-plane by
-    `erode_mm`) from the diaphragm slice `diaphragm_index` to `above_mm` above it, where breathing
-    moves the lung most."""
+    `erode_mm`) from one slice under the diaphragm slice `diaphragm_index` (a mid-dome level: lung
+    still lies beside the dome there) to `above_mm` above it, where breathing moves the lung most."""
     volume = np.asarray(volume_hu, dtype=np.float32)
     lung = (volume < PARENCHYMA_HU) & body_mask(volume)
     structure = np.ones((1, *(2 * max(1, int(round(erode_mm / s))) + 1 for s in spacing_mm[1:])), dtype=bool)
