@@ -226,13 +226,13 @@ def phantom_rows(args) -> tuple[list[tuple[str, str, str, dict]], dict]:
     """Table rows (site, model, amplitude, measures) and the thorax diaphragm profiles for the figure."""
     rows, profiles = [], {}
     for site in SITES:
-        volume, = cached(args.cache, (f"{site}_volume",), lambda: [phantom_volume(site, args.size, args.slice_mm,
+        volume, = cached(args.cache, (f"{site}_seed{args.seed}_volume",), lambda: [phantom_volume(site, args.size, args.slice_mm,
                                                                                    args.seed)])
         spacing = phantom_spacing(site, args.size, args.slice_mm, args.seed)
         study = Study(site, volume, spacing, breathing_anatomy(volume, spacing, site))
         print(f"{site}: volume {volume.shape}, spacing {tuple(round(s, 3) for s in spacing)} mm, diaphragm at slice "
               f"{study.diaphragm_index:.1f}", file=sys.stderr, flush=True)
-        sharp, = cached(args.cache, (f"{site}_sharp",), lambda: static_fbp(volume, spacing, args.views, []))
+        sharp, = cached(args.cache, (f"{site}_seed{args.seed}_sharp",), lambda: static_fbp(volume, spacing, args.views, []))
         measure = lambda image: measures(image, sharp, spacing, study.diaphragm_index, True)
         rows.append((site, "sharp (static FBP)", "0", measure(sharp)))
         shown = {"sharp": sharp}
@@ -257,7 +257,7 @@ def phantom_rows(args) -> tuple[list[tuple[str, str, str, dict]], dict]:
                     shown[name] = image
         for name, make in (("kernel", lambda: kernel_volume(sharp, args.seed)),
                            ("projection", lambda: projection_volume(study, args.seed, args.views))):
-            blurry, = cached(args.cache, (f"{site}_{name}",), lambda: [make()])
+            blurry, = cached(args.cache, (f"{site}_seed{args.seed}_{name}",), lambda: [make()])
             rows.append((site, f"{name} (pipeline defaults)", "-", measure(blurry)))
         if site == "thorax":
             profiles = diaphragm_profiles(shown, spacing, study.diaphragm_index)
@@ -340,7 +340,7 @@ def main() -> None:
     parser.add_argument("--table_mm_per_s", type=float, default=40.0, help="fan beam: table speed (mm/s)")
     parser.add_argument("--seed", type=int, default=0, help="phantom, breathing trace and blur draws")
     parser.add_argument("--cache", help="directory for the simulated volumes, reused by a rerun; files are named by "
-                                         "site, amplitude and seed only, so use one directory per --size, --slice_mm, "
+                                         "site, seed and amplitude only, so use one directory per --size, --slice_mm, "
                                          "--views and --table_mm_per_s")
     parser.add_argument("--figure", help="PNG of the mean diaphragm profiles (thorax)")
     parser.add_argument("--figure_amplitude", type=float, default=20.0, help="amplitude shown in the figure (mm)")
