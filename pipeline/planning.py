@@ -244,14 +244,16 @@ def breathing_rejections(series: SeriesSlices, config: PipelineConfig) -> list[R
 
 def series_breathing(series: SeriesSlices, config: PipelineConfig) -> list[SliceBreathing]:
     """Per slice of a series that passes `breathing_rejections`: its respiratory context. Body site
-    `respiratory.body_site_of` (BodyPartExamined, else lungs -> thorax); slice 0 is superior if its
+    `respiratory.body_site_of` (BodyPartExamined, else lungs -> thorax, else by body area: head or
+    abdomen); slice 0 is superior if its
     patient z is larger; a fan-beam scan runs from head to feet."""
     slices = series.slices
     slice_mm, _ = _slice_mm(series)
     trace = breathing_trace_of(series, config)
     air = [h.air_fraction for h in slices]
     head_first = slices[0].patient_z_mm > slices[-1].patient_z_mm
-    site = body_site_of(slices[0].body_part, air)
+    areas = [h.body_fraction * h.rows * h.columns * h.pixel_spacing_mm[0] * h.pixel_spacing_mm[1] for h in slices]
+    site = body_site_of(slices[0].body_part, air, areas)
     anatomy = diaphragm_anatomy(air, slice_mm, site, head_first, config.respiratory.move_head)
     reach = reach_slices(trace, slice_mm)
     contexts = []

@@ -70,8 +70,13 @@ SPINE_RAMP_MM = 10.0
 MIN_LUNG_FRACTION = 0.1
 """A slice holds lungs if at least this fraction of its body area is air (bowel gas rarely is)."""
 DIAPHRAGM_LUNG_FRACTION = 0.5
-"""The diaphragm level is the most inferior slice whose air fraction of the body area is at least this
-fraction of the largest one (about mid-dome, where the domes have taken half of the lung bases)."""
+"""The diaphragm level is the most inferior slice of the run of slices around the largest air fraction
+of the body area whose air fraction is at least this fraction of the largest one (about mid-dome,
+where the domes have taken half of the lung bases); bowel gas further down, apart from the lungs,
+does not count."""
+HEAD_BODY_AREA_MM2 = 30000.0
+"""A series without lungs or BodyPartExamined whose largest body cross-section is below this (mm²; an
+adult head is about 15,000-25,000, an adult abdomen 40,000 or more) is taken for a head."""
 APEX_WEIGHT = 0.2
 """Superior-inferior motion at the lung apex relative to the diaphragm: upper-lobe structures move a
 few mm where lower-lobe ones move 10-20 mm (Seppenwoolde et al. 2002)."""
@@ -297,17 +302,20 @@ def air_fraction(slice_hu: np.ndarray) -> float:
     return float(np.count_nonzero(body & (slice_hu < LUNG_HU)) / max(np.count_nonzero(body), 1))
 
 
-def body_site_of(body_part_examined: str, air_fractions: np.ndarray) -> str:
+def body_site_of(body_part_examined: str, air_fractions: np.ndarray, body_areas_mm2: np.ndarray) -> str:
     """The breathing site of a series: from DICOM BodyPartExamined when it names one (head, neck and
     brain -> head; chest, thorax, lung, breast, heart -> thorax; abdomen, pelvis, liver, kidney ->
-    abdomen), else thorax if a slice holds lungs (`air_fractions` >= `MIN_LUNG_FRACTION`), else abdomen."""
+    abdomen), else thorax if a slice holds lungs (`air_fractions` >= `MIN_LUNG_FRACTION`), else head
+    if its largest body cross-section (`body_areas_mm2`, mm²) is below `HEAD_BODY_AREA_MM2`, else abdomen."""
     part = body_part_examined.strip().upper()
     for site, words in (("thorax", ("CHEST", "THORAX", "LUNG", "BREAST", "HEART")),
                         ("abdomen", ("ABDOMEN", "PELVIS", "LIVER", "KIDNEY")),
                         ("head", ("HEAD", "BRAIN", "SKULL", "NECK"))):
         if any(word in part for word in words):
             return site
-    return "thorax" if len(air_fractions) and np.max(air_fractions) >= MIN_LUNG_FRACTION else "abdomen"
+    if len(air_fractions) and np.max(air_fractions) >= MIN_LUNG_FRACTION:
+        return "thorax"
+    return "head" if len(body_areas_mm2) and np.max(body_areas_mm2) < HEAD_BODY_AREA_MM2 else "abdomen"
 
 
 def diaphragm_anatomy(air_fractions: np.ndarray, slice_mm: float, body_site: str, head_first: bool = True,
@@ -320,8 +328,10 @@ def diaphragm_anatomy(air_fractions: np.ndarray, slice_mm: float, body_site: str
     superior_end = 0 if head_first else len(air) - 1
     if body_site == "head" or air.max() < MIN_LUNG_FRACTION:
         return BreathingAnatomy(body_site, moves, (superior_end - (1 if head_first else -1)) * slice_mm, head_first)
-    lungs = np.flatnonzero(air >= DIAPHRAGM_LUNG_FRACTION * air.max())
-    diaphragm = lungs.max() if head_first else lungs.min()
+    diaphragm = int(np.argmax(air))
+    inferior = 1 if head_first else -1
+    while 0 <= diaphragm + inferior < len(air) and air[diaphragm + inferior] >= DIAPHRAGM_LUNG_FRACTION * air.max():
+        diaphragm += inferior
     return BreathingAnatomy(body_site, moves, float(diaphragm) * slice_mm, head_first)
 
 
@@ -329,8 +339,8 @@ def breathing_anatomy(volume_hu: np.ndarray, spacing_mm: tuple[float, float, flo
                       head_first: bool = True, move_head: bool = False) -> BreathingAnatomy:
     """Finds where breathing acts in a volume [Z, H, W] (HU, spacing (slice, row, column) mm).
 
-    The diaphragm is at the most inferior slice whose air fraction of the body area (< -400 HU inside
-    the body) is at least half the largest one; a volume without lungs (no slice with 10% air, e.g.
+    The diaphragm is at the most inferior slice of the run around the largest air fraction of the
+    body area (< -400 HU inside the body) whose air fraction is at least half the largest one; a volume without lungs (no slice with 10% air, e.g.
     an abdomen below them) has it just above its superior end. Thorax and abdomen move; the head
     moves only with `move_head`.
     """

@@ -66,6 +66,7 @@ def test_no_import_circle():
 
 
 @pytest.mark.parametrize("module", ["pipeline.kernels", "pipeline.noise", "pipeline.projection", "pipeline.respiratory",
+                                    "pipeline.respiratory_measures",
                                     "ct_io.hu", "ct_io.series"])
 def test_pure_module_loads_no_io_library(module):
     blocked = ("SimpleITK", "pydicom", "apache_beam", "tensorflow", "requests", "google")

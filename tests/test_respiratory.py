@@ -20,6 +20,7 @@ from pipeline.respiratory import (
     breathing_signal,
     breathing_trace,
     deform_volume,
+    diaphragm_anatomy,
     respiratory_pair,
     sample_breathing,
     view_times_s,
@@ -151,6 +152,14 @@ def test_a_volume_without_lungs_has_its_diaphragm_just_above_its_superior_end():
     weights = head_first.longitudinal_weight(np.arange(6) * 5.0)
     assert np.all(np.diff(weights) < 0) and weights[0] > 0.99
     assert np.allclose(feet_first.longitudinal_weight(np.arange(6) * 5.0), weights[::-1])
+
+
+def test_bowel_gas_below_the_lungs_does_not_pull_the_diaphragm_down():
+    # head first: lungs in slices 0-4 (largest at 2), liver 5-8, bowel gas at 9-10 above half the peak
+    air = np.array([0.20, 0.30, 0.32, 0.28, 0.17, 0.02, 0.0, 0.0, 0.01, 0.18, 0.17])
+    head_first = diaphragm_anatomy(air, 5.0, "thorax")
+    feet_first = diaphragm_anatomy(air[::-1], 5.0, "thorax", head_first=False)
+    assert head_first.diaphragm_mm == 4 * 5.0 and feet_first.diaphragm_mm == 6 * 5.0
 
 
 def test_deformation_is_largest_near_the_diaphragm_and_spares_the_spine_and_the_air_around(thorax):

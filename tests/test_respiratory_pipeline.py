@@ -65,9 +65,11 @@ def test_series_breathing_gives_each_slice_its_slab_start_time_and_the_series_an
 
 
 def test_body_site_from_dicom_else_from_the_lungs():
-    assert body_site_of("CHEST", [0.0]) == "thorax" and body_site_of("Abdomen/Pelvis", [0.5]) == "abdomen"
-    assert body_site_of("HEAD", [0.0]) == body_site_of("BRAIN", [0.0]) == "head"
-    assert body_site_of("", [0.02, 0.4]) == "thorax" and body_site_of("", [0.02, 0.05]) == "abdomen"
+    abdomen_mm2, head_mm2 = [45000.0, 52000.0], [21000.0, 24000.0]
+    assert body_site_of("CHEST", [0.0], head_mm2) == "thorax" and body_site_of("Abdomen/Pelvis", [0.5], head_mm2) == "abdomen"
+    assert body_site_of("HEAD", [0.0], abdomen_mm2) == body_site_of("BRAIN", [0.0], abdomen_mm2) == "head"
+    assert body_site_of("", [0.02, 0.4], head_mm2) == "thorax" and body_site_of("", [0.02, 0.05], abdomen_mm2) == "abdomen"
+    assert body_site_of("", [0.0, 0.01], head_mm2) == "head"
 
 
 @pytest.fixture(scope="module")
