@@ -279,15 +279,15 @@ def diaphragm_profiles(volumes: dict[str, np.ndarray], spacing_mm, diaphragm_ind
 
 def pair_rows(manifest: str) -> list[tuple[str, str, str, dict]]:
     """Table rows of registered FB/DIBH pairs: DIBH against itself, FB against DIBH."""
-    from pipeline.archive_sources import _series_paths, read_pairs_manifest, registration_summary
+    from pipeline.archive_sources import read_pairs_manifest, registration_summary, series_paths
     from pipeline.archives.registration import RegistrationConfig, read_ct_series, read_series_volume, \
         register_fb_to_dibh, series_volume
 
     rows = []
     for row in read_pairs_manifest(manifest):
-        dibh_series, dibh_hu = read_ct_series(_series_paths(row.dibh_series))
+        dibh_series, dibh_hu = read_ct_series(series_paths(row.dibh_series))
         dibh = series_volume(dibh_series, dibh_hu)
-        fb_hu, result = register_fb_to_dibh(read_series_volume(_series_paths(row.fb_series)), dibh,
+        fb_hu, result = register_fb_to_dibh(read_series_volume(series_paths(row.fb_series)), dibh,
                                             RegistrationConfig(), row.transform or None)
         print(f"{row.patient_id}: {registration_summary(result)}; accepted={result.accepted} {result.reason}",
               file=sys.stderr)

@@ -123,7 +123,8 @@ class FetchSeriesFn(beam.DoFn):
             yield InputFile(path, record.collection)
 
 
-def _series_paths(directory: str) -> list[str]:
+def series_paths(directory: str) -> list[str]:
+    """The files of a series directory (local or gs://), sorted."""
     return sorted(m.path for m in FileSystems.match([list_files(directory)])[0].metadata_list)
 
 
@@ -206,7 +207,7 @@ class RegisterPairFn(beam.DoFn):
 
     def process(self, row: PairRow):
         try:
-            fb_paths, dibh_paths = _series_paths(row.fb_series), _series_paths(row.dibh_series)
+            fb_paths, dibh_paths = series_paths(row.fb_series), series_paths(row.dibh_series)
             dibh_series, dibh_hu = read_ct_series(dibh_paths)
             fb, dibh = read_series_volume(fb_paths), series_volume(dibh_series, dibh_hu)
             fb_hu, result = register_fb_to_dibh(fb, dibh, self.config.registration, row.transform or None)
