@@ -171,7 +171,8 @@ def shard_records(tasks: Iterable[PairTask | None], config: PipelineConfig, read
     for task in sorted((t for t in tasks if t is not None), key=lambda t: t.record_key):
         header = task.header
         needed = task.breathing.slab if task.breathing is not None else (header,)
-        cached = {path: hu for path, hu in cached.items() if path in {h.path for h in needed}}
+        needed_paths = {h.path for h in needed}
+        cached = {path: hu for path, hu in cached.items() if path in needed_paths}
         for other in needed:
             if other.path in cached:
                 continue
@@ -188,13 +189,14 @@ def shard_records(tasks: Iterable[PairTask | None], config: PipelineConfig, read
                                             header.series_uid, header.sop_instance_uid, task.slice_index))
         if any(cached[h.path] is None for h in needed):
             continue
-        hu = np.stack([cached[h.path][h.frame_index or 0] for h in needed])
+        hu = (np.stack([cached[h.path][h.frame_index or 0] for h in needed]) if task.breathing is not None
+              else cached[header.path][header.frame_index or 0])
         fb_hu = None
         if task.registered_fb:
             if task.registered_fb not in registered:
                 registered[task.registered_fb] = read_registered(task.registered_fb)
             fb_hu = registered[task.registered_fb][header.sop_instance_uid]
-        records.append(frame_record(encode_task(task, hu if task.breathing is not None else hu[0], config, fb_hu)))
+        records.append(frame_record(encode_task(task, hu, config, fb_hu)))
         written.append(task)
     return records, written, rejections
 
