@@ -245,8 +245,7 @@ def breathing_rejections(series: SeriesSlices, config: PipelineConfig) -> list[R
 def series_breathing(series: SeriesSlices, config: PipelineConfig) -> list[SliceBreathing]:
     """Per slice of a series that passes `breathing_rejections`: its respiratory context. Body site
     `respiratory.body_site_of` (BodyPartExamined, else lungs -> thorax, else by body area: head or
-    abdomen); slice 0 is superior if its
-    patient z is larger; a fan-beam scan runs from head to feet."""
+    abdomen); slice 0 is superior if its patient z is larger; a fan-beam scan runs from head to feet."""
     slices = series.slices
     slice_mm, _ = _slice_mm(series)
     trace = breathing_trace_of(series, config)
