@@ -41,6 +41,9 @@ CPU has them), the global skip, the normalisation layers and the HU mapping in f
 NO_PERCEPTUAL = "none"
 """`perceptual_weights` value that turns the perceptual term off (no VGG19 is loaded)."""
 
+MAX_SOFTENING_SIGMA = 1.5
+"""Largest `shared_softening_sigma` (pixels): the Gaussian taps of `model.data.soften_pair` reach 3.3 sigma."""
+
 MAX_UNET_DEPTH = 10
 """Deepest U-Net allowed: inputs are padded to a multiple of 2^depth pixels (1,024 at 10)."""
 
@@ -155,6 +158,12 @@ class TrainConfig:
         False, "turn each training crop (blurry and sharp alike) by a random multiple of 90 degrees and mirror it at "
         "random: 8x the orientations of anatomy and motion; exact for motion blur, whose kernel turns with the image",
     )
+    shared_softening: float = _field(
+        0.0, "fraction of training crops softened, blurry and sharp alike, by one isotropic Gaussian (sigma uniform "
+        "in 0..shared_softening_sigma pixels): softness that is not motion (a thicker slab, a softer reconstruction "
+        "kernel), which the model must leave as it is; exact, since the Gaussian commutes with the motion blur",
+    )
+    shared_softening_sigma: float = _field(1.5, "largest sigma (pixels) of the shared softening")
     hu_window: tuple[float, float] = _field((-1024.0, 3071.0), "HU range mapped to the network's [-1, 1] (values outside are clipped)")
     shuffle_buffer: int = _field(2048, "pairs in the shuffle buffer (about 1 MB each at 512x512)")
     seed: int = _field(0, "seed of weights, crops, shuffling, dropout and penalty interpolation")
@@ -206,6 +215,10 @@ class TrainConfig:
             raise ValueError(f"validation_crop must be 0 or >= 16 pixels (SSIM uses an 11-pixel window), got {self.validation_crop}")
         if not 0.0 < self.learning_rate_final_fraction <= 1.0:
             raise ValueError(f"learning_rate_final_fraction must be in (0, 1], got {self.learning_rate_final_fraction}")
+        if not 0.0 <= self.shared_softening <= 1.0:
+            raise ValueError(f"shared_softening must be in [0, 1], got {self.shared_softening}")
+        if not 0.0 < self.shared_softening_sigma <= MAX_SOFTENING_SIGMA:
+            raise ValueError(f"shared_softening_sigma must be in (0, {MAX_SOFTENING_SIGMA}] pixels, got {self.shared_softening_sigma}")
         if self.charbonnier_epsilon_hu <= 0:
             raise ValueError(f"charbonnier_epsilon_hu must be > 0, got {self.charbonnier_epsilon_hu}")
         if self.generator_norm == "batch":

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from cli_shell.command import UserError
+from model.config import MAX_SOFTENING_SIGMA
 from tfrecords_schema import (
     MANIFEST_NAME,
     VALIDATION_DIR,
@@ -164,6 +166,30 @@ def orient_pair(blurry: tf.Tensor, sharp: tf.Tensor, orientation: tf.Tensor) -> 
     return turn(blurry), turn(sharp)
 
 
+SOFTENING_RADIUS = math.ceil(3.3 * MAX_SOFTENING_SIGMA)
+"""Half-width (pixels) of the Gaussian kernel of `soften_pair`: 3.3 sigma at its largest."""
+
+
+def soften_pair(blurry: tf.Tensor, sharp: tf.Tensor, sigma_pixels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Both `[S, S, 1]` crops blurred by the same isotropic Gaussian of `sigma_pixels` (mirrored at
+    the borders; sigma 0 leaves them as they are). A valid pair again: the Gaussian commutes with
+    the motion kernel, so the blurry crop is the motion blur of the softened sharp one, as a thicker
+    slab or a softer reconstruction kernel would have made it."""
+    offsets = tf.range(-SOFTENING_RADIUS, SOFTENING_RADIUS + 1, dtype=tf.float32)
+    sigma = tf.maximum(tf.cast(sigma_pixels, tf.float32), 1e-3)
+    taps = tf.exp(-0.5 * tf.square(offsets / sigma))
+    taps /= tf.reduce_sum(taps)
+    rows, cols = tf.reshape(taps, [-1, 1, 1, 1]), tf.reshape(taps, [1, -1, 1, 1])
+    pad = [[0, 0], [SOFTENING_RADIUS, SOFTENING_RADIUS], [SOFTENING_RADIUS, SOFTENING_RADIUS], [0, 0]]
+
+    def soften(image: tf.Tensor) -> tf.Tensor:
+        padded = tf.pad(image[tf.newaxis], pad, mode="REFLECT")
+        filtered = tf.nn.conv2d(tf.nn.conv2d(padded, rows, 1, "VALID"), cols, 1, "VALID")
+        return filtered[0]
+
+    return soften(blurry), soften(sharp)
+
+
 def epoch_seed(seed: int, subdataset: int, epoch: int) -> int:
     """A 31-bit seed for one (sub-dataset, epoch) of a run."""
     return int(np.random.SeedSequence([seed, subdataset, epoch]).generate_state(1)[0] >> 1)
@@ -201,6 +227,8 @@ def epochs_batches(
     skip_steps: int = 0,
     crop_candidates: int = 1,
     random_orientation: bool = False,
+    shared_softening: float = 0.0,
+    shared_softening_sigma: float = 1.5,
 ) -> tf.data.Dataset:
     """Batches `(blurry, sharp)`, each `[batch, crop, crop, 1]` float32 in [-1, 1], for epochs of
     `split` one after another, one per seed of `seeds` (see `epoch_seed`).
@@ -216,6 +244,8 @@ def epochs_batches(
     `crop_candidates` > 1: of that many random crop positions, the one with the largest blur
     difference is taken (see `crop_pair`). `random_orientation`: each crop is turned to one of its
     8 orientations (see `orient_pair`), drawn from the same seed and record index.
+    `shared_softening`: that fraction of the crops is softened, blurry and sharp alike, by one
+    isotropic Gaussian of sigma uniform in [0, `shared_softening_sigma`] pixels (see `soften_pair`).
     """
     reads = min(len(split.files), 8)
     file_orders = [[split.files[i] for i in np.random.default_rng(seed).permutation(len(split.files))] for seed in seeds]
@@ -240,6 +270,11 @@ def epochs_batches(
         if random_orientation:
             orientation = tf.random.stateless_uniform([], seed=tf.stack([seed, -1 - index]), maxval=8, dtype=tf.int32)
             blurry, sharp = orient_pair(blurry, sharp, orientation)
+        if shared_softening > 0:
+            draw = tf.random.stateless_uniform([2], seed=tf.stack([-1 - seed, index]))
+            sigma = tf.where(draw[0] < shared_softening, draw[1] * shared_softening_sigma, 0.0)
+            blurry, sharp = tf.cast(blurry, tf.float32), tf.cast(sharp, tf.float32)
+            blurry, sharp = tf.cond(sigma > 0, lambda: soften_pair(blurry, sharp, sigma), lambda: (blurry, sharp))
         return hu_to_unit(blurry, hu_window), hu_to_unit(sharp, hu_window)
 
     epochs = tf.data.Dataset.from_tensor_slices(

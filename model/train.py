@@ -353,6 +353,7 @@ class Training:
                     shuffle_buffer=config.shuffle_buffer, seeds=[epoch_seed(config.seed, sub, e) for e, _ in stage_epochs],
                     shard=shard, steps=self.steps[stage], skip_steps=stage_epochs[0][1],
                     crop_candidates=config.crop_candidates, random_orientation=config.random_orientation,
+                    shared_softening=config.shared_softening, shared_softening_sigma=config.shared_softening_sigma,
                 ))
             return concatenate(datasets).prefetch(tf.data.AUTOTUNE)
 

@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from scipy import ndimage
 from tensorflow.core.util import event_pb2
 from test_model_support import phantom_pair, recipe_flags, run_main, write_dataset
 
@@ -29,6 +30,7 @@ from model.data import (
     hu_to_unit,
     largest_difference_crop,
     orient_pair,
+    soften_pair,
     training_batches,
     unit_to_hu,
     validation_pairs,
@@ -409,6 +411,61 @@ def test_training_batches_turn_crops_reproducibly(tmp_path):
     np.testing.assert_array_equal(np.stack(turned), np.stack(crops(True)))
 
 
+def test_softening_a_pair_is_one_gaussian_that_commutes_with_the_motion_blur():
+    """`soften_pair` is scipy's mirrored Gaussian of the same sigma on both crops, keeps the mean, is
+    the identity at sigma 0, and softening a blurred image equals blurring the softened image: a
+    valid pair whose sharp side is softer."""
+    rng = np.random.default_rng(2)
+    sharp = rng.normal(0, 100, (40, 40)).astype(np.float32)
+    params = MotionParams(length_px=7.0, anxiety=0.05, centripetal=0.2, jump_probability=0.0, gaussian_shake=0.3,
+                          exposure=1.0, initial_angle_rad=0.7, samples=500, walk_seed=3)
+    psf = motion_psf(motion_trajectory(params), 1.0, 9)[0]
+    blurry = blur_hu(np.pad(sharp, 8, mode="wrap"), psf)[8:-8, 8:-8]
+    b, s = soften_pair(tf.constant(blurry[..., None]), tf.constant(sharp[..., None]), tf.constant(1.2))
+    expected = ndimage.gaussian_filter(sharp, 1.2, mode="mirror", truncate=5 / 1.2)
+    np.testing.assert_allclose(s.numpy()[..., 0], expected, atol=1e-3)
+    np.testing.assert_allclose(b.numpy()[..., 0], ndimage.gaussian_filter(blurry, 1.2, mode="mirror", truncate=5 / 1.2),
+                               atol=1e-3)
+    assert np.std(s.numpy()) < 0.6 * np.std(sharp)
+    assert abs(float(np.mean(s.numpy())) - float(np.mean(sharp))) < 2.0
+    periodic = ndimage.gaussian_filter(sharp, 1.2, mode="wrap", truncate=5 / 1.2)
+    reblurred = blur_hu(np.pad(periodic, 8, mode="wrap"), psf)[8:-8, 8:-8]
+    softened_blurry = ndimage.gaussian_filter(blurry, 1.2, mode="wrap", truncate=5 / 1.2)
+    np.testing.assert_allclose(reblurred[10:-10, 10:-10], softened_blurry[10:-10, 10:-10], atol=0.05)
+    b0, s0 = soften_pair(tf.constant(blurry[..., None]), tf.constant(sharp[..., None]), tf.constant(0.0))
+    np.testing.assert_array_equal(s0.numpy()[..., 0], sharp)
+    np.testing.assert_array_equal(b0.numpy()[..., 0], blurry)
+
+
+def test_training_batches_soften_a_fraction_of_crops_reproducibly(tmp_path):
+    """With shared_softening 0.5 about half of the crops are softened, blurry and sharp together
+    (same positions as the plain run, same mean, less detail), and the same ones again with the
+    same seed; 0 changes nothing."""
+    root = write_dataset(str(tmp_path / "data"), train_pairs=24, test_pairs=1, size=(48, 52), subdatasets=1, shards=1)
+    split = dataset_splits(root, [0])[0][0]
+
+    def crops(fraction):
+        batches = training_batches(split, crop_size=24, hu_window=(-1024.0, 3071.0), shuffle_buffer=24, seed=5,
+                                   shard=InputShard(batch=4), steps=6, shared_softening=fraction)
+        return [(blurry, sharp) for b, s in batches for blurry, sharp in zip(b.numpy(), s.numpy())]
+
+    plain, softened = crops(0.0), crops(0.5)
+    changed = 0
+    for (b0, s0), (b1, s1) in zip(plain, softened):
+        if np.array_equal(s0, s1):
+            np.testing.assert_array_equal(b0, b1)
+            continue
+        changed += 1
+        assert not np.array_equal(b0, b1)
+        assert abs(float(np.mean(s1)) - float(np.mean(s0))) < 0.01
+        assert np.abs(np.diff(s1, axis=0)).sum() < np.abs(np.diff(s0, axis=0)).sum()
+    assert 6 <= changed <= 18, changed
+    again = crops(0.5)
+    for (b1, s1), (b2, s2) in zip(softened, again):
+        np.testing.assert_array_equal(s1, s2)
+        np.testing.assert_array_equal(b1, b2)
+
+
 def test_largest_difference_crop_finds_a_planted_difference():
     rng = np.random.default_rng(0)
     sharp = rng.integers(-100, 100, (64, 72)).astype(np.int16)
@@ -483,6 +540,9 @@ def test_dataset_splits_find_a_validation_split_listed_or_not(tmp_path):
     ({"learning_rate_final_fraction": 1.5}, r"learning_rate_final_fraction must be in \(0, 1\], got 1.5"),
     ({"charbonnier_epsilon_hu": 0.0}, "charbonnier_epsilon_hu must be > 0"),
     ({"crop_candidates": 0}, "crop_candidates must be >= 1, got 0"),
+    ({"shared_softening": 1.5}, r"shared_softening must be in \[0, 1\], got 1.5"),
+    ({"shared_softening_sigma": 2.0}, r"shared_softening_sigma must be in \(0, 1.5\] pixels, got 2.0"),
+    ({"shared_softening_sigma": 0.0}, "shared_softening_sigma must be in"),
     ({"validation_crop": 8}, "validation_crop must be 0 or >= 16"),
     ({"perceptual_window_hu": (240.0, -160.0)}, "perceptual_window_hu must be two HU values low < high"),
     ({"pixel_weight": -1.0}, "pixel_weight must be >= 0, got -1.0"),
