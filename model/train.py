@@ -557,12 +557,12 @@ def print_start(training: Training) -> None:
             training.say(f"  learning rate: {config.generator_learning_rate:g} after {config.learning_rate_warmup_steps} "
                          f"warm-up steps, cosine decay to x{config.learning_rate_final_fraction:g} over the schedule"
                          + (f" or the time budget, whichever is further along" if config.time_budget_minutes else ""))
-    if config.time_budget_minutes:
-        training.say(f"  time budget: {config.time_budget_minutes:g} min, an equal share of what is left for each "
-                     "sub-dataset left")
     else:
         training.say(f"  model {config.model}: {config.generator} generator, conditional PatchGAN discriminator "
                      f"({config.critic_steps} step(s)), BCE + {config.l1_weight:g} x pixel l1")
+    if config.time_budget_minutes:
+        training.say(f"  time budget: {config.time_budget_minutes:g} min, an equal share of what is left for each "
+                     "sub-dataset left")
     for sub, steps in zip(config.subdatasets, training.steps):
         split = training.train_splits[sub]
         note = "" if steps else f"  (skipped: fewer pairs than the global batch {training.global_batch})"

@@ -6,6 +6,7 @@ import glob
 import json
 import math
 import os
+import re
 
 import keras
 import numpy as np
@@ -274,6 +275,9 @@ def test_paper_recipe_first_step_losses_are_those_from_before_the_models():
 def test_each_model_trains_exports_and_deblurs_any_size(trained, model):
     _, export, stdout = trained[model]
     assert f"schedule complete at global step {STEPS}" in stdout and f"model {model}:" in stdout
+    described = re.findall(rf"model {model}: .*", stdout)
+    assert len(described) == 1, described
+    assert ("conditional PatchGAN" in described[0]) == (model == "pix2pix"), described
     with open(os.path.join(export, "ctdeblur_generator.json")) as handle:
         info = json.load(handle)
     assert info["model"] == model and info["config"]["model"] == model
