@@ -163,7 +163,7 @@ class TrainConfig:
         "in 0..shared_softening_sigma pixels): softness that is not motion (a thicker slab, a softer reconstruction "
         "kernel), which the model must leave as it is; exact, since the Gaussian commutes with the motion blur",
     )
-    shared_softening_sigma: float = _field(1.5, "largest sigma (pixels) of the shared softening")
+    shared_softening_sigma: float = _field(MAX_SOFTENING_SIGMA, "largest sigma (pixels) of the shared softening")
     hu_window: tuple[float, float] = _field((-1024.0, 3071.0), "HU range mapped to the network's [-1, 1] (values outside are clipped)")
     shuffle_buffer: int = _field(2048, "pairs in the shuffle buffer (about 1 MB each at 512x512)")
     seed: int = _field(0, "seed of weights, crops, shuffling, dropout and penalty interpolation")

@@ -228,7 +228,7 @@ def epochs_batches(
     crop_candidates: int = 1,
     random_orientation: bool = False,
     shared_softening: float = 0.0,
-    shared_softening_sigma: float = 1.5,
+    shared_softening_sigma: float = MAX_SOFTENING_SIGMA,
 ) -> tf.data.Dataset:
     """Batches `(blurry, sharp)`, each `[batch, crop, crop, 1]` float32 in [-1, 1], for epochs of
     `split` one after another, one per seed of `seeds` (see `epoch_seed`).
