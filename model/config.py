@@ -41,7 +41,7 @@ CPU has them), the global skip, the normalisation layers and the HU mapping in f
 NO_PERCEPTUAL = "none"
 """`perceptual_weights` value that turns the perceptual term off (no VGG19 is loaded)."""
 
-MAX_SOFTENING_SIGMA = 1.5
+MAX_SOFTENING_SIGMA = 3.0
 """Largest `shared_softening_sigma` (pixels): the Gaussian taps of `model.data.soften_pair` reach 3.3 sigma."""
 
 MAX_UNET_DEPTH = 10
@@ -319,6 +319,7 @@ MODEL_SETTINGS: Mapping[str, Mapping[str, Any]] = {
         "learning_rate_warmup_steps": 50,
         "crop_candidates": 4,
         "random_orientation": True,
+        "shared_softening": 0.5,
     },
     "paper": {},
     "deblurgan": {

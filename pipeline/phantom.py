@@ -50,13 +50,19 @@ _SITE_LENGTH_MM = {"head": 140.0, "thorax": 280.0, "abdomen": 360.0}
 
 AIR, FAT, CSF, MUSCLE, BLOOD = -1000.0, -100.0, 6.0, 50.0, 40.0
 
-SLAB_SAMPLES = 3
-"""Planes of the 3-D anatomy averaged across a slice's thickness (at the centres of equal sub-slabs)."""
+SLICE_THICKNESS_MM = (2.5, 5.0)
+"""Range of the slice thickness (mm, also the slice spacing), drawn per series: the thin to thick
+axial reconstructions archives hold (TCIA's CPTAC and TCGA series are mostly 1.25-5 mm)."""
 
-PSF_FWHM_MM = (0.7, 1.3)
+SLAB_PLANES_PER_MM = 1.0
+MIN_SLAB_PLANES = 3
+"""Planes of the 3-D anatomy averaged across a slice's thickness (at the centres of equal
+sub-slabs): one per mm of thickness, at least `MIN_SLAB_PLANES`."""
+
+PSF_FWHM_MM = (0.9, 1.6)
 """Range of the in-plane scanner PSF's full width at half maximum (mm), drawn per series: a Gaussian
-whose MTF falls to 50% at 0.63 to 0.34 line pairs/mm, from sharp to soft clinical reconstruction
-kernels."""
+whose MTF falls to 50% at 0.49 to 0.28 line pairs/mm, from standard to soft clinical
+reconstruction kernels."""
 
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 
@@ -87,8 +93,8 @@ def phantom_series(patient_index: int, slices: int, size: int, seed: int) -> Pha
     site = BODY_SITES[patient_index % len(BODY_SITES)]
     rng = derive_rng(seed, "phantom-geometry", patient_index)
     fov_mm = {"head": 240.0, "thorax": 380.0, "abdomen": 420.0}[site] * rng.uniform(0.95, 1.1)
-    thickness = {"head": 2.5, "thorax": 3.0, "abdomen": 3.0}[site]
     psf_fwhm_mm = rng.uniform(*PSF_FWHM_MM)
+    thickness = rng.uniform(*SLICE_THICKNESS_MM)
     return PhantomSeries(patient_index, site, size, slices, fov_mm / size, thickness, seed, psf_fwhm_mm)
 
 
@@ -1387,13 +1393,18 @@ def anatomy_hu(series: PhantomSeries, slice_index: int, offset_mm: float = 0.0) 
     return canvas.hu
 
 
+def slab_offsets_mm(series: PhantomSeries) -> np.ndarray:
+    """Heights (mm, relative to the slice centre) of the planes averaged into one slice: the
+    centres of equal sub-slabs, one per mm of the slice thickness and at least `MIN_SLAB_PLANES`."""
+    planes = max(MIN_SLAB_PLANES, math.ceil(series.slice_thickness_mm * SLAB_PLANES_PER_MM))
+    return ((np.arange(planes) + 0.5) / planes - 0.5) * series.slice_thickness_mm
+
+
 def phantom_hu(series: PhantomSeries, slice_index: int) -> np.ndarray:
     """The scanner's noise-free HU image float32 [size, size] of one slice (before the field-of-view
-    padding): the anatomy averaged over the slab (`SLAB_SAMPLES` planes across the slice
+    padding): the anatomy averaged over the slab (`slab_offsets_mm` planes across the slice
     thickness), blurred in-plane by a Gaussian PSF of the series' `psf_fwhm_mm`."""
-    thickness = series.slice_thickness_mm
-    offsets = ((np.arange(SLAB_SAMPLES) + 0.5) / SLAB_SAMPLES - 0.5) * thickness
-    slab = np.mean([anatomy_hu(series, slice_index, float(offset)) for offset in offsets], axis=0)
+    slab = np.mean([anatomy_hu(series, slice_index, float(offset)) for offset in slab_offsets_mm(series)], axis=0)
     sigma_pixels = series.psf_fwhm_mm / FWHM_PER_SIGMA / series.pixel_spacing_mm
     return ndimage.gaussian_filter(slab, sigma_pixels, mode="nearest").astype(np.float32)
 

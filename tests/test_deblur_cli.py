@@ -521,7 +521,8 @@ def test_nifti_and_png(phantom, models, tmp_path, capsys):
     image = Image.open(tmp_path / "png" / "CT.00001.png")
     assert image.mode == "L" and image.size == (SIZE, SIZE)
     expected = np.rint(np.clip((hu_of(lowest) + 160) / 400, 0, 1) * 255)
-    np.testing.assert_array_equal(np.asarray(image), expected)
+    grey_error = np.abs(np.asarray(image, np.float64) - expected)     # the identity model's float32 HU
+    assert grey_error.max() <= 1 and np.mean(grey_error == 0) > 0.999   # may round a .5 the other way
 
 
 def test_gantry_tilt_is_kept_in_dicom_and_refused_for_nifti(models, tmp_path, capsys):

@@ -264,7 +264,7 @@ def test_multi_worker_time_budget_is_decided_by_one_clock(dataset, tmp_path):
     learning rate at different steps: the cluster would hang in a collective or end with different
     weights. With the chief's clock all workers stop at the same step with the same generator."""
     outputs = run_workers(["--data", dataset, "--logdir", str(tmp_path / "logs"), *MULTI_WORKER_RUN,
-                           "--epochs", "100000", "--time_budget_minutes", "0.75"], tmp_path, timeout=300)
+                           "--epochs", "100000", "--time_budget_minutes", "1.5"], tmp_path, timeout=300)
     stops = [re.search(r"stopped by the time budget at global step (\d+)", output) for output in outputs]
     assert all(stops), outputs[0][-3000:]
     steps = {int(stop.group(1)) for stop in stops}

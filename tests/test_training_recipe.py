@@ -541,7 +541,7 @@ def test_dataset_splits_find_a_validation_split_listed_or_not(tmp_path):
     ({"charbonnier_epsilon_hu": 0.0}, "charbonnier_epsilon_hu must be > 0"),
     ({"crop_candidates": 0}, "crop_candidates must be >= 1, got 0"),
     ({"shared_softening": 1.5}, r"shared_softening must be in \[0, 1\], got 1.5"),
-    ({"shared_softening_sigma": 2.0}, r"shared_softening_sigma must be in \(0, 1.5\] pixels, got 2.0"),
+    ({"shared_softening_sigma": 3.5}, r"shared_softening_sigma must be in \(0, 3.0\] pixels, got 3.5"),
     ({"shared_softening_sigma": 0.0}, "shared_softening_sigma must be in"),
     ({"validation_crop": 8}, "validation_crop must be 0 or >= 16"),
     ({"perceptual_window_hu": (240.0, -160.0)}, "perceptual_window_hu must be two HU values low < high"),
