@@ -51,8 +51,8 @@ _SITE_LENGTH_MM = {"head": 140.0, "thorax": 280.0, "abdomen": 360.0}
 AIR, FAT, CSF, MUSCLE, BLOOD = -1000.0, -100.0, 6.0, 50.0, 40.0
 
 SLICE_THICKNESS_MM = (2.5, 5.0)
-"""Range of the slice thickness (mm, also the slice spacing), drawn per series: the thin to thick
-axial reconstructions archives hold (TCIA's CPTAC and TCGA series are mostly 1.25-5 mm)."""
+"""Range of the slice thickness (mm), drawn per series: standard to thick clinical axial
+reconstructions. Written as SliceThickness and as the spacing of ImagePositionPatient."""
 
 SLAB_PLANES_PER_MM = 1.0
 MIN_SLAB_PLANES = 3
