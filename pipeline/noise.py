@@ -116,9 +116,10 @@ def ct_noise(shape: tuple[int, int], sigma_hu: float, spacing_mm: tuple[float, f
     return (shaped * sigma_hu).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=16)
 def highpass_gain(shape: tuple[int, int], spacing_mm: tuple[float, float], peak_cycles_per_mm: float) -> float:
     """What `highpass_noise_hu` measures on unit-std CT noise of this spectrum (< 1: the measure sees
-    the fine grain, not the coarse part of correlated noise)."""
+    the fine grain, not the coarse part of correlated noise; cached like `_nps_amplitude`)."""
     ky = np.fft.fftfreq(shape[0])[:, None]
     kx = np.fft.rfftfreq(shape[1])[None, :]
     response = (2.0 - 2.0 * np.cos(2 * np.pi * ky)) * (2.0 - 2.0 * np.cos(2 * np.pi * kx))
@@ -127,25 +128,33 @@ def highpass_gain(shape: tuple[int, int], spacing_mm: tuple[float, float], peak_
     return float(np.sqrt(variance) / np.linalg.norm(HIGHPASS))
 
 
-def highpass_noise_hu(hu: np.ndarray, mask_hu: np.ndarray | None = None) -> float:
-    """Noise of an image [H, W] (HU): robust std of its high-pass over the flattest soft tissue.
-
-    The high-pass is normalised so that white noise of std s measures s. Pixels count when their
-    3x3 neighbourhood in `mask_hu` (default: the image itself) lies within `TISSUE_HU` (with fewer
-    than `MIN_MEASURED_PIXELS` of them, every pixel), and of those only the `FLATTEST_FRACTION`
-    with the least structure (gradient magnitude of `mask_hu` smoothed by a Gaussian of
-    `STRUCTURE_SIGMA_PX`): fine anatomy is not noise. Below ~256 pixels across a body, anatomy
-    is fine everywhere and a noise-free image may measure a few HU.
-    """
-    image = hu.astype(np.float32)
-    residual = ndimage.convolve(image, HIGHPASS, mode="reflect") / np.linalg.norm(HIGHPASS)
-    reference = image if mask_hu is None else mask_hu.astype(np.float32)
+def flattest_tissue(reference_hu: np.ndarray) -> np.ndarray:
+    """Where noise is measured in an image [H, W] (HU) shaped like `reference_hu`, bool [H, W]: pixels
+    whose 3x3 neighbourhood in `reference_hu` lies within `TISSUE_HU` (with fewer than
+    `MIN_MEASURED_PIXELS` of them, every pixel), and of those only the `FLATTEST_FRACTION` with the
+    least structure (gradient magnitude of `reference_hu` smoothed by a Gaussian of
+    `STRUCTURE_SIGMA_PX`): fine anatomy is not noise."""
+    reference = reference_hu.astype(np.float32)
     inside = (reference > TISSUE_HU[0]) & (reference < TISSUE_HU[1])
     flat = ndimage.binary_erosion(inside, np.ones((3, 3), bool))
     if np.count_nonzero(flat) < MIN_MEASURED_PIXELS:
         flat = np.ones_like(flat)
     structure = ndimage.gaussian_gradient_magnitude(reference, STRUCTURE_SIGMA_PX)
-    flattest = flat & (structure <= np.quantile(structure[flat], FLATTEST_FRACTION))
+    return flat & (structure <= np.quantile(structure[flat], FLATTEST_FRACTION))
+
+
+def highpass_noise_hu(hu: np.ndarray, mask_hu: np.ndarray | None = None, flattest: np.ndarray | None = None) -> float:
+    """Noise of an image [H, W] (HU): robust std of its high-pass over the flattest soft tissue.
+
+    The high-pass is normalised so that white noise of std s measures s. It is measured where
+    `flattest` is set (default: `flattest_tissue(mask_hu)`, `mask_hu` defaulting to the image
+    itself). Below ~256 pixels across a body, anatomy is fine everywhere and a noise-free image may
+    measure a few HU.
+    """
+    image = hu.astype(np.float32)
+    residual = ndimage.convolve(image, HIGHPASS, mode="reflect") / np.linalg.norm(HIGHPASS)
+    if flattest is None:
+        flattest = flattest_tissue(image if mask_hu is None else mask_hu)
     return float(MAD_TO_STD * np.median(np.abs(residual[flattest])))
 
 
@@ -155,7 +164,8 @@ def add_pair_noise(sharp_hu: np.ndarray, blurry_hu: np.ndarray, spacing_mm: tupl
     or the static reconstruction of the projection model) and its noise-free blur `blurry_hu`."""
     shape = sharp_hu.shape
     peak = config.nps_peak_cycles_per_mm
-    measured = highpass_noise_hu(sharp_hu)
+    flattest = flattest_tissue(sharp_hu)
+    measured = highpass_noise_hu(sharp_hu, flattest=flattest)
     if measured < config.free_below_hu:
         sharp_sigma = 0.0 if config.clean_target else config.ct_hu
         blurry_sigma = config.ct_hu
@@ -163,7 +173,7 @@ def add_pair_noise(sharp_hu: np.ndarray, blurry_hu: np.ndarray, spacing_mm: tupl
         sharp_sigma = 0.0
         blurry_sigma = 0.0
         if config.match_archive:
-            lacking = measured ** 2 - highpass_noise_hu(blurry_hu, mask_hu=sharp_hu) ** 2
+            lacking = measured ** 2 - highpass_noise_hu(blurry_hu, flattest=flattest) ** 2
             blurry_sigma = float(np.sqrt(max(lacking, 0.0))) / highpass_gain(shape, spacing_mm, peak)
     blurry_noise = ct_noise(shape, blurry_sigma, spacing_mm, peak, rng)
     sharp_noise = ct_noise(shape, sharp_sigma, spacing_mm, peak, rng)

@@ -13,7 +13,7 @@ import tfrecords_schema as schema
 from pipeline.config import PipelineConfig, add_config_flags, config_from_args, config_from_dict
 from pipeline.slice_scan import SliceHeader
 from pipeline.kernels import MotionParams, blur_hu, motion_psf, motion_trajectory
-from pipeline.noise import NoiseConfig, add_pair_noise, ct_noise, highpass_gain, highpass_noise_hu
+from pipeline.noise import NoiseConfig, add_pair_noise, ct_noise, flattest_tissue, highpass_gain, highpass_noise_hu
 from pipeline.pairs import make_pair
 from pipeline.planning import PairTask
 
@@ -127,6 +127,10 @@ def test_scanner_input_keeps_its_sharp_image_and_gets_a_blurry_one_as_noisy(arch
     blurred = motion_blurred(archive)
     sharp_noise = highpass_noise_hu(archive)
     assert highpass_noise_hu(blurred, mask_hu=archive) < 0.2 * sharp_noise  # the blur averaged the noise away
+    flattest = flattest_tissue(archive)
+    tissue = (archive > -300) & (archive < 300)
+    assert not flattest[~tissue].any() and 0.2 < np.count_nonzero(flattest) / np.count_nonzero(tissue) < 0.26
+    assert highpass_noise_hu(blurred, flattest=flattest) == highpass_noise_hu(blurred, mask_hu=archive)
     sharp, blurry, info = add_pair_noise(archive, blurred, SPACING, NoiseConfig(), np.random.default_rng(2))
     np.testing.assert_array_equal(sharp, archive)
     assert highpass_noise_hu(blurry, mask_hu=archive) == pytest.approx(sharp_noise, rel=0.1)
