@@ -52,7 +52,9 @@ AIR, FAT, CSF, MUSCLE, BLOOD = -1000.0, -100.0, 6.0, 50.0, 40.0
 
 SLICE_THICKNESS_MM = (2.5, 5.0)
 """Range of the slice thickness (mm), drawn per series: standard to thick clinical axial
-reconstructions. Written as SliceThickness and as the spacing of ImagePositionPatient."""
+reconstructions, written as SliceThickness. The slices' spacing is the body site's length over the
+number of slices (`slice_level_mm`), written in ImagePositionPatient: a series of few slices has
+gaps between them, as a gapped axial protocol has."""
 
 SLAB_PLANES_PER_MM = 1.0
 MIN_SLAB_PLANES = 3
@@ -1377,7 +1379,8 @@ def _table(canvas: _Canvas, top_y: float) -> None:
 
 
 def slice_level_mm(series: PhantomSeries, slice_index: int) -> float:
-    """Height (mm) of a slice above the lower end of its body site: slice 0 is the top."""
+    """Height (mm) of a slice above the lower end of its body site, slice 0 the top: the patient z
+    of its ImagePositionPatient."""
     length = _SITE_LENGTH_MM[series.body_site]
     if series.slices < 2:
         return length / 2.0
@@ -1449,7 +1452,7 @@ def phantom_dataset(series: PhantomSeries, slice_index: int) -> pydicom.Dataset:
     ds.KVP = 120
     ds.ConvolutionKernel = f"GAUSS {series.psf_fwhm_mm:.2f}MM"
     ds.SliceThickness = f"{series.slice_thickness_mm:.2f}"
-    z = -slice_index * series.slice_thickness_mm
+    z = slice_level_mm(series, slice_index)
     half = (series.size - 1) / 2.0 * series.pixel_spacing_mm
     ds.ImagePositionPatient = [f"{-half:.4f}", f"{-half:.4f}", f"{z:.4f}"]
     ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]

@@ -1,7 +1,7 @@
 """`--blur_model respiratory` through the pipeline: planning of the breathing context (pure
-functions), then tiny end-to-end runs (64 x 64 phantom series of 20 slices 3 mm apart, 90 views,
-diaphragm motion at most 8 mm so a series needs 13 slices, noise model off so a still slice gives
-blurry == sharp bytes)."""
+functions), then tiny end-to-end runs (64 x 64 phantom series of 20 slices, 7.4 mm apart in the
+head, 14.7 in the thorax and 18.9 in the abdomen, 90 views, diaphragm motion at most 8 mm, noise
+model off so a still slice gives blurry == sharp bytes)."""
 
 import json
 import os
@@ -101,8 +101,9 @@ def test_fan_beam_pairs_decode_with_their_breathing_recorded(fan_run):
         assert breathing["start_s"] == pytest.approx(0.5 * (19 - pair.slice_index))
         if pair.body_site == "head":
             assert breathing["slice_motion_mm"] == 0 and np.array_equal(pair.blurry_hu, pair.sharp_hu)
-    moved = [p for p in pairs if p.respiratory["slice_motion_mm"] > 0.5]
-    assert moved and all(np.abs(p.blurry_hu.astype(int) - p.sharp_hu).max() > 20 for p in moved)
+    moved = sorted((p for p in pairs if p.respiratory["slice_motion_mm"] > 0.5), key=lambda p: p.respiratory["slice_motion_mm"])
+    assert moved and all(np.abs(p.blurry_hu.astype(int) - p.sharp_hu).max() > 5 for p in moved)
+    assert moved[-1].respiratory["slice_motion_mm"] > 2 and np.abs(moved[-1].blurry_hu.astype(int) - moved[-1].sharp_hu).max() > 30
 
 
 def test_cone_beam_shards_are_byte_identical_with_one_or_two_workers(fan_run, tmp_path):

@@ -47,7 +47,7 @@ def test_phantom_series_is_real_dicom_that_simpleitk_reads(tmp_path):
     reader.SetFileNames(names)
     volume = reader.Execute()
     assert volume.GetSize() == (128, 128, 5)
-    assert volume.GetSpacing() == pytest.approx((series.pixel_spacing_mm, series.pixel_spacing_mm, series.slice_thickness_mm), rel=1e-4)
+    assert volume.GetSpacing() == pytest.approx((series.pixel_spacing_mm, series.pixel_spacing_mm, 280.0 / 4), rel=1e-4)  # a thorax: 280 mm over 5 slices
     hu = sitk.GetArrayFromImage(volume)
     assert hu.shape == (5, 128, 128) and hu.max() > 500 and hu[:, 64, 64].min() >= -1024
     first = pydicom.dcmread(tmp_path / "0.dcm")
