@@ -299,7 +299,9 @@ REASON_SETTINGS = {
 
 def zero_pairs_message(manifest: dict, output: str) -> str:
     """One line saying why a run wrote no pair: its biggest rejection reason (slices first, as
-    they are the last step; series when no slice was read) and the flag that controls it."""
+    they are the last step; series when no slice was read), the flag that controls it and, when
+    valid slices were left unselected, the plan's warnings (e.g. a single patient cannot give a
+    patient-disjoint test split)."""
     slices, series = manifest.get("rejected", {}), manifest.get("rejected_series", {})
     counts, unit = (slices, "slices") if slices else (series, "series")
     details = FileSystems.join(output, MANIFEST_NAME)
@@ -315,6 +317,9 @@ def zero_pairs_message(manifest: dict, output: str) -> str:
             value = value.get(key) if isinstance(value, dict) else None
         shown = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
         line += f"; {flag} controls it (now {shown})"
+    if slices.get("not_selected_z_stride"):  # valid slices the plan could not use: say why
+        for warning in manifest.get("warnings", []):
+            line += f"; {warning}"
     return f"{line}; details in {details}"
 
 

@@ -185,6 +185,11 @@ def test_zero_pairs_message_prefers_slice_reasons_and_quotes_the_setting():
         "no pairs written: the biggest rejection reason is http_503_exhausted (3 of 4 series rejected); "
         "details in out/manifest.json")
     assert "no input was found" in zero_pairs_message({"rejected": {}, "rejected_series": {}}, "out")
+    one_patient = {"rejected": {"non_ct_modality": 3, "not_selected_z_stride": 1}, "config": {"target_pairs": 8},
+                   "warnings": ["test split is empty: a patient-disjoint test split needs >= 2 patients, found 1"]}
+    assert zero_pairs_message(one_patient, "out") == (
+        "no pairs written: the biggest rejection reason is non_ct_modality (3 of 4 slices rejected); "
+        "test split is empty: a patient-disjoint test split needs >= 2 patients, found 1; details in out/manifest.json")
 
 
 @pytest.mark.parametrize("compression, words", [("none", "uncompressed TFRecord shards"),
