@@ -38,3 +38,32 @@ def test_a_failed_step_stops_the_run_and_is_not_marked_done(tmp_path):
     with pytest.raises(SystemExit, match="quality run: bad failed"):
         run.run("bad", [sys.executable, "-c", "raise SystemExit(3)"])
     assert not os.path.exists(tmp_path / "logs" / "bad.done.json")
+
+
+def evaluation(ours_gain: float, body_gain: float) -> dict:
+    """An evaluation JSON of `ctdeblur-evaluate`'s shape, reduced to what RESULTS.md reads."""
+    def scope(gain):
+        blurry = {"psnr": {"mean": 30.0, "ci95": [29.0, 31.0]}}
+        ours = {"psnr": {"mean": 30.0 + gain, "ci95": [29.0 + gain, 31.0 + gain]},
+                "psnr_gain": {"mean": gain, "ci95": [gain - 1.0, gain + 1.0]}}
+        return {"all": {"blurry": blurry, "ours": ours}, "collection": {}}
+    return {"pairs": 16, "methods": {"blurry": {"patients": 2}, "ours": {}},
+            "scopes": {"[-1000, 1000] full": scope(ours_gain), "[-1000, 1000] body": scope(body_gain)}}
+
+
+@pytest.mark.parametrize("real_ct_gain, verdict", [(-0.51, "NOT met"), (0.2, "met")])
+def test_results_state_both_goals_and_the_cpu(tmp_path, real_ct_gain, verdict):
+    import json
+
+    from quality_report import results_markdown
+
+    for test_set, gain in (("kernel", 3.49), ("realct", real_ct_gain)):
+        (tmp_path / f"evaluation-{test_set}.json").write_text(json.dumps(evaluation(gain, gain - 0.7)))
+    summary = {"models": {"ours": {"global_step": 7971, "final_step": 7971, "validation_delta_psnr_db": 3.55}},
+               "skipped": {}, "default_run_minutes": 50.4, "total_minutes": 50.4, "perceptual_weights": "none",
+               "real_ct_in_training": [], "steps": []}
+    text = results_markdown(str(tmp_path), summary)
+    assert "gains +3.49 dB PSNR [+2.49, +4.49]" in text and "+2 dB) is met." in text
+    assert f"changes PSNR by {real_ct_gain:+.2f} [{real_ct_gain - 1:+.2f}, {real_ct_gain + 1:+.2f}] dB" in text
+    assert f"The goal (> 0 dB) is {verdict}." in text
+    assert f"{os.cpu_count()} cores" in text.split("## What was trained")[0]
