@@ -134,7 +134,7 @@ def flattest_tissue(reference_hu: np.ndarray) -> np.ndarray:
     `MIN_MEASURED_PIXELS` of them, every pixel), and of those only the `FLATTEST_FRACTION` with the
     least structure (gradient magnitude of `reference_hu` smoothed by a Gaussian of
     `STRUCTURE_SIGMA_PX`): fine anatomy is not noise."""
-    reference = reference_hu.astype(np.float32)
+    reference = np.asarray(reference_hu, dtype=np.float32)
     inside = (reference > TISSUE_HU[0]) & (reference < TISSUE_HU[1])
     flat = ndimage.binary_erosion(inside, np.ones((3, 3), bool))
     if np.count_nonzero(flat) < MIN_MEASURED_PIXELS:
@@ -143,18 +143,18 @@ def flattest_tissue(reference_hu: np.ndarray) -> np.ndarray:
     return flat & (structure <= np.quantile(structure[flat], FLATTEST_FRACTION))
 
 
-def highpass_noise_hu(hu: np.ndarray, mask_hu: np.ndarray | None = None, flattest: np.ndarray | None = None) -> float:
+def highpass_noise_hu(hu: np.ndarray, flattest: np.ndarray | None = None) -> float:
     """Noise of an image [H, W] (HU): robust std of its high-pass over the flattest soft tissue.
 
     The high-pass is normalised so that white noise of std s measures s. It is measured where
-    `flattest` is set (default: `flattest_tissue(mask_hu)`, `mask_hu` defaulting to the image
-    itself). Below ~256 pixels across a body, anatomy is fine everywhere and a noise-free image may
-    measure a few HU.
+    `flattest` is set (default: `flattest_tissue` of the image itself; pass that of another image,
+    e.g. the sharp one of a pair, to measure both where that image is flat). Below ~256 pixels
+    across a body, anatomy is fine everywhere and a noise-free image may measure a few HU.
     """
     image = hu.astype(np.float32)
     residual = ndimage.convolve(image, HIGHPASS, mode="reflect") / np.linalg.norm(HIGHPASS)
     if flattest is None:
-        flattest = flattest_tissue(image if mask_hu is None else mask_hu)
+        flattest = flattest_tissue(image)
     return float(MAD_TO_STD * np.median(np.abs(residual[flattest])))
 
 

@@ -126,14 +126,14 @@ def test_scanner_input_keeps_its_sharp_image_and_gets_a_blurry_one_as_noisy(arch
     archive = (clean + noise).astype(np.float32)
     blurred = motion_blurred(archive)
     sharp_noise = highpass_noise_hu(archive)
-    assert highpass_noise_hu(blurred, mask_hu=archive) < 0.2 * sharp_noise  # the blur averaged the noise away
     flattest = flattest_tissue(archive)
+    assert highpass_noise_hu(blurred, flattest=flattest) < 0.2 * sharp_noise  # the blur averaged the noise away
     tissue = (archive > -300) & (archive < 300)
     assert not flattest[~tissue].any() and 0.2 < np.count_nonzero(flattest) / np.count_nonzero(tissue) < 0.26
-    assert highpass_noise_hu(blurred, flattest=flattest) == highpass_noise_hu(blurred, mask_hu=archive)
+    assert highpass_noise_hu(archive, flattest=flattest) == sharp_noise  # the default: the image's own flat tissue
     sharp, blurry, info = add_pair_noise(archive, blurred, SPACING, NoiseConfig(), np.random.default_rng(2))
     np.testing.assert_array_equal(sharp, archive)
-    assert highpass_noise_hu(blurry, mask_hu=archive) == pytest.approx(sharp_noise, rel=0.1)
+    assert highpass_noise_hu(blurry, flattest=flattest) == pytest.approx(sharp_noise, rel=0.1)
     assert info.input_measured_hu == pytest.approx(sharp_noise) and info.sharp_added_hu == 0.0
     assert info.blurry_added_hu > sharp_noise  # (std of correlated noise the measure sees only part of)
     unmatched = add_pair_noise(archive, blurred, SPACING, NoiseConfig(match_archive=False), np.random.default_rng(2))
