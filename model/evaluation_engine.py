@@ -217,10 +217,10 @@ class Evaluation:
         """The Wiener/RL settings, tuned on the validation split on first use."""
         if self.settings is None:
             config = self.config
-            if len(set(config.wiener_nsr)) == 1 and len(set(config.rl_iterations)) == 1:
-                self.settings = tune_baselines([], config.wiener_nsr, config.rl_iterations, config.window_hu)
-            else:
+            if config.tunes_baselines:
                 self.settings = self._tune()
+            else:
+                self.settings = tune_baselines([], config.wiener_nsr, config.rl_iterations, config.window_hu)
         return self.settings
 
     def _tune(self) -> BaselineSettings:
@@ -324,7 +324,7 @@ def evaluate(config: EvalConfig, data_dir: str, model_dirs: Sequence[str], valid
     source = open_split(data_dir)
     models = load_models(model_dirs, config.precision)
     validation = validation_dir or join_path(posixpath.dirname(source.directory) or ".", train_dir(0))
-    if validation.rstrip("/") == source.directory:
+    if config.tunes_baselines and validation.rstrip("/") == source.directory:
         raise EvaluationError(f"--validation {validation} is the test split: choose the baselines' settings on a "
                               "train split (e.g. train-0) or give one value each of --wiener_nsr and --rl_iterations")
     evaluation = Evaluation(config, source, models, validation)

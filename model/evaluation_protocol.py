@@ -63,6 +63,12 @@ class EvalConfig:
         BOOTSTRAP_RESAMPLES, "resamples of the test patients for the CIs (patient-clustered percentile bootstrap)")
     bootstrap_seed: int = setting(BOOTSTRAP_SEED, "seed of the bootstrap's draws (fixed, so a report is reproducible)")
 
+    @property
+    def tunes_baselines(self) -> bool:
+        """Whether the Wiener NSR and RL iterations are chosen on validation pairs (baselines on and
+        more than one value of either), rather than used as given."""
+        return self.baselines and (len(set(self.wiener_nsr)) > 1 or len(set(self.rl_iterations)) > 1)
+
     def validate(self) -> EvalConfig:
         """Returns self, or raises ValueError naming the bad setting."""
         for name in ("window_hu", "full_range_hu"):

@@ -246,6 +246,18 @@ def test_baselines_only_and_no_baselines(dataset, tmp_path):
     assert results["pairs"] == 2 and results["baselines"]["chosen_on"] == "given"
 
 
+def test_a_train_split_is_evaluated_when_nothing_is_tuned_on_it(dataset, tmp_path):
+    """A dataset made without a test split (`--test_pairs 0`) is evaluated on its train-0: the
+    default validation split is then the data itself, which only matters when something is tuned."""
+    train = os.path.join(dataset, "train-0")
+    path = str(tmp_path / "train.json")
+    for flags in (["--no_baselines"], ["--wiener_nsr", "1e-2", "--rl_iterations", "5"]):
+        assert main(["--data", train, *flags, "--max_pairs", "2", "--json", path]) == 0
+        with open(path) as handle:
+            assert json.load(handle)["pairs"] == 2
+    assert main(["--data", train, *FAST, "--max_pairs", "2"]) == 2
+
+
 def test_yaml_settings_under_flags(dataset, tmp_path):
     settings = tmp_path / "eval.yaml"
     settings.write_text("rl_iterations: [7]\nwiener_nsr: [0.01]\nmax_pairs: 3\nfigure_pairs: 0\n"
@@ -318,7 +330,7 @@ def test_user_errors_exit_2_with_a_message(dataset, tmp_path, capsys, case, mess
     elif case == "bad_bootstrap":
         args += ["--bootstrap_resamples", "10"]
     elif case == "tuned_on_test":
-        args += ["--validation", os.path.join(dataset, "test")]
+        args = ["--data", os.path.join(dataset, "test"), *FAST, "--validation", os.path.join(dataset, "test")]
     elif case == "unknown_setting":
         (tmp_path / "bad.yaml").write_text("rl_iteration: 5\n")
         args += ["--config", str(tmp_path / "bad.yaml")]
