@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -41,8 +42,17 @@ CPU has them), the global skip, the normalisation layers and the HU mapping in f
 NO_PERCEPTUAL = "none"
 """`perceptual_weights` value that turns the perceptual term off (no VGG19 is loaded)."""
 
-MAX_SOFTENING_SIGMA = 3.0
-"""Largest `shared_softening_sigma` (pixels): the Gaussian taps of `model.data.soften_pair` reach 3.3 sigma."""
+MAX_SOFTENING_SIGMA = 6.0
+"""Largest `shared_softening_sigma` (pixels)."""
+
+DEFAULT_SOFTENING_SIGMA = 3.0
+"""Default `shared_softening_sigma` (pixels): the value the quality runs of RESULTS.md trained with."""
+
+
+def softening_radius(sigma_pixels: float) -> int:
+    """Half-width (pixels) of the Gaussian taps of `model.data.soften_pair` for sigmas up to
+    `sigma_pixels`: 3.3 sigma; the training crop must be larger."""
+    return math.ceil(3.3 * sigma_pixels)
 
 MAX_UNET_DEPTH = 10
 """Deepest U-Net allowed: inputs are padded to a multiple of 2^depth pixels (1,024 at 10)."""
@@ -163,7 +173,11 @@ class TrainConfig:
         "in 0..shared_softening_sigma pixels): softness that is not motion (a thicker slab, a softer reconstruction "
         "kernel), which the model must leave as it is; exact, since the Gaussian commutes with the motion blur",
     )
-    shared_softening_sigma: float = _field(MAX_SOFTENING_SIGMA, "largest sigma (pixels) of the shared softening")
+    shared_softening_sigma: float = _field(DEFAULT_SOFTENING_SIGMA, "largest sigma (pixels) of the shared softening")
+    still_fraction: float = _field(
+        0.0, "fraction of training crops made still: the sharp crop is also the input, so the model learns that an "
+        "image may hold no motion at all and leaves unblurred anatomy (a real skull, a lossy slice) as it is",
+    )
     hu_window: tuple[float, float] = _field((-1024.0, 3071.0), "HU range mapped to the network's [-1, 1] (values outside are clipped)")
     shuffle_buffer: int = _field(2048, "pairs in the shuffle buffer (about 1 MB each at 512x512)")
     seed: int = _field(0, "seed of weights, crops, shuffling, dropout and penalty interpolation")
@@ -217,8 +231,14 @@ class TrainConfig:
             raise ValueError(f"learning_rate_final_fraction must be in (0, 1], got {self.learning_rate_final_fraction}")
         if not 0.0 <= self.shared_softening <= 1.0:
             raise ValueError(f"shared_softening must be in [0, 1], got {self.shared_softening}")
+        if not 0.0 <= self.still_fraction < 1.0:
+            raise ValueError(f"still_fraction must be in [0, 1), got {self.still_fraction}")
         if not 0.0 < self.shared_softening_sigma <= MAX_SOFTENING_SIGMA:
             raise ValueError(f"shared_softening_sigma must be in (0, {MAX_SOFTENING_SIGMA}] pixels, got {self.shared_softening_sigma}")
+        if self.shared_softening and self.crop_size <= softening_radius(self.shared_softening_sigma):
+            raise ValueError(f"crop_size {self.crop_size} is too small for shared_softening_sigma "
+                             f"{self.shared_softening_sigma:g}: the crop must exceed the softening's "
+                             f"{softening_radius(self.shared_softening_sigma)}-pixel reach")
         if self.charbonnier_epsilon_hu <= 0:
             raise ValueError(f"charbonnier_epsilon_hu must be > 0, got {self.charbonnier_epsilon_hu}")
         if self.generator_norm == "batch":

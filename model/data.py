@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from cli_shell.command import UserError
-from model.config import MAX_SOFTENING_SIGMA
+from model.config import DEFAULT_SOFTENING_SIGMA, softening_radius
 from tfrecords_schema import (
     MANIFEST_NAME,
     VALIDATION_DIR,
@@ -166,21 +165,19 @@ def orient_pair(blurry: tf.Tensor, sharp: tf.Tensor, orientation: tf.Tensor) -> 
     return turn(blurry), turn(sharp)
 
 
-SOFTENING_RADIUS = math.ceil(3.3 * MAX_SOFTENING_SIGMA)
-"""Half-width (pixels) of the Gaussian kernel of `soften_pair`: 3.3 sigma at its largest."""
-
-
-def soften_pair(blurry: tf.Tensor, sharp: tf.Tensor, sigma_pixels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Both `[S, S, 1]` crops blurred by the same isotropic Gaussian of `sigma_pixels` (mirrored at
-    the borders; sigma 0 leaves them as they are). A valid pair again: the Gaussian commutes with
-    the motion kernel, so the blurry crop is the motion blur of the softened sharp one, as a thicker
-    slab or a softer reconstruction kernel would have made it."""
-    offsets = tf.range(-SOFTENING_RADIUS, SOFTENING_RADIUS + 1, dtype=tf.float32)
+def soften_pair(blurry: tf.Tensor, sharp: tf.Tensor, sigma_pixels: tf.Tensor,
+                radius: int = softening_radius(DEFAULT_SOFTENING_SIGMA)) -> tuple[tf.Tensor, tf.Tensor]:
+    """Both `[S, S, 1]` crops blurred by the same isotropic Gaussian of `sigma_pixels` (taps out to
+    `radius` pixels, which must be below S; mirrored at the borders; sigma 0 leaves them as they
+    are). A valid pair again: the Gaussian commutes with the motion kernel, so the blurry crop is
+    the motion blur of the softened sharp one, as a thicker slab or a softer reconstruction kernel
+    would have made it."""
+    offsets = tf.range(-radius, radius + 1, dtype=tf.float32)
     sigma = tf.maximum(tf.cast(sigma_pixels, tf.float32), 1e-3)
     taps = tf.exp(-0.5 * tf.square(offsets / sigma))
     taps /= tf.reduce_sum(taps)
     rows, cols = tf.reshape(taps, [-1, 1, 1, 1]), tf.reshape(taps, [1, -1, 1, 1])
-    pad = [[0, 0], [SOFTENING_RADIUS, SOFTENING_RADIUS], [SOFTENING_RADIUS, SOFTENING_RADIUS], [0, 0]]
+    pad = [[0, 0], [radius, radius], [radius, radius], [0, 0]]
 
     def soften(image: tf.Tensor) -> tf.Tensor:
         padded = tf.pad(image[tf.newaxis], pad, mode="REFLECT")
@@ -228,7 +225,8 @@ def epochs_batches(
     crop_candidates: int = 1,
     random_orientation: bool = False,
     shared_softening: float = 0.0,
-    shared_softening_sigma: float = MAX_SOFTENING_SIGMA,
+    shared_softening_sigma: float = DEFAULT_SOFTENING_SIGMA,
+    still_fraction: float = 0.0,
 ) -> tf.data.Dataset:
     """Batches `(blurry, sharp)`, each `[batch, crop, crop, 1]` float32 in [-1, 1], for epochs of
     `split` one after another, one per seed of `seeds` (see `epoch_seed`).
@@ -246,6 +244,7 @@ def epochs_batches(
     8 orientations (see `orient_pair`), drawn from the same seed and record index.
     `shared_softening`: that fraction of the crops is softened, blurry and sharp alike, by one
     isotropic Gaussian of sigma uniform in [0, `shared_softening_sigma`] pixels (see `soften_pair`).
+    `still_fraction`: that fraction of the crops is still, its sharp crop also its input.
     """
     reads = min(len(split.files), 8)
     file_orders = [[split.files[i] for i in np.random.default_rng(seed).permutation(len(split.files))] for seed in seeds]
@@ -262,11 +261,16 @@ def epochs_batches(
         numbered = numbered.skip(skip * shard.records_per_step).take((steps - skip) * shard.records_per_step)
         return numbered.map(lambda index, record: (seed, index, record))
 
+    radius = softening_radius(shared_softening_sigma)
+
     def decode(seed, index, serialized):
         pair = parse_pair_tensors(serialized)
         shape = [2] if crop_candidates == 1 else [crop_candidates, 2]
         position = tf.random.stateless_uniform(shape, seed=tf.stack([seed, index]))
         blurry, sharp = crop_pair(pair["blurry_hu"], pair["sharp_hu"], crop_size, position)
+        if still_fraction > 0:
+            still = tf.random.stateless_uniform([], seed=tf.stack([-1 - seed, -1 - index])) < still_fraction
+            blurry = tf.where(still, sharp, blurry)
         if random_orientation:
             orientation = tf.random.stateless_uniform([], seed=tf.stack([seed, -1 - index]), maxval=8, dtype=tf.int32)
             blurry, sharp = orient_pair(blurry, sharp, orientation)
@@ -274,7 +278,7 @@ def epochs_batches(
             draw = tf.random.stateless_uniform([2], seed=tf.stack([-1 - seed, index]))
             sigma = tf.where(draw[0] < shared_softening, draw[1] * shared_softening_sigma, 0.0)
             blurry, sharp = tf.cast(blurry, tf.float32), tf.cast(sharp, tf.float32)
-            blurry, sharp = tf.cond(sigma > 0, lambda: soften_pair(blurry, sharp, sigma), lambda: (blurry, sharp))
+            blurry, sharp = tf.cond(sigma > 0, lambda: soften_pair(blurry, sharp, sigma, radius), lambda: (blurry, sharp))
         return hu_to_unit(blurry, hu_window), hu_to_unit(sharp, hu_window)
 
     epochs = tf.data.Dataset.from_tensor_slices(

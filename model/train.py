@@ -354,6 +354,7 @@ class Training:
                     shard=shard, steps=self.steps[stage], skip_steps=stage_epochs[0][1],
                     crop_candidates=config.crop_candidates, random_orientation=config.random_orientation,
                     shared_softening=config.shared_softening, shared_softening_sigma=config.shared_softening_sigma,
+                    still_fraction=config.still_fraction,
                 ))
             return concatenate(datasets).prefetch(tf.data.AUTOTUNE)
 

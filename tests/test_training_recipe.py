@@ -466,6 +466,33 @@ def test_training_batches_soften_a_fraction_of_crops_reproducibly(tmp_path):
         np.testing.assert_array_equal(b1, b2)
 
 
+def test_training_batches_make_a_fraction_of_crops_still_reproducibly(tmp_path):
+    """With still_fraction 0.5 about half of the crops take their sharp crop as input (same
+    positions and sharp crops as the plain run), the same ones again with the same seed; the
+    others are left as they were."""
+    root = write_dataset(str(tmp_path / "data"), train_pairs=24, test_pairs=1, size=(48, 52), subdatasets=1, shards=1)
+    split = dataset_splits(root, [0])[0][0]
+
+    def crops(fraction):
+        batches = training_batches(split, crop_size=24, hu_window=(-1024.0, 3071.0), shuffle_buffer=24, seed=5,
+                                   shard=InputShard(batch=4), steps=6, crop_candidates=2, random_orientation=True,
+                                   still_fraction=fraction)
+        return [(blurry, sharp) for b, s in batches for blurry, sharp in zip(b.numpy(), s.numpy())]
+
+    plain, still = crops(0.0), crops(0.5)
+    made_still = 0
+    for (b0, s0), (b1, s1) in zip(plain, still):
+        np.testing.assert_array_equal(s0, s1)
+        assert not np.array_equal(b0, s0)
+        if np.array_equal(b1, s1):
+            made_still += 1
+        else:
+            np.testing.assert_array_equal(b0, b1)
+    assert 6 <= made_still <= 18, made_still
+    for (b1, _), (b2, _) in zip(still, crops(0.5)):
+        np.testing.assert_array_equal(b1, b2)
+
+
 def test_largest_difference_crop_finds_a_planted_difference():
     rng = np.random.default_rng(0)
     sharp = rng.integers(-100, 100, (64, 72)).astype(np.int16)
@@ -541,8 +568,11 @@ def test_dataset_splits_find_a_validation_split_listed_or_not(tmp_path):
     ({"charbonnier_epsilon_hu": 0.0}, "charbonnier_epsilon_hu must be > 0"),
     ({"crop_candidates": 0}, "crop_candidates must be >= 1, got 0"),
     ({"shared_softening": 1.5}, r"shared_softening must be in \[0, 1\], got 1.5"),
-    ({"shared_softening_sigma": 3.5}, r"shared_softening_sigma must be in \(0, 3.0\] pixels, got 3.5"),
+    ({"shared_softening_sigma": 6.5}, r"shared_softening_sigma must be in \(0, 6.0\] pixels, got 6.5"),
     ({"shared_softening_sigma": 0.0}, "shared_softening_sigma must be in"),
+    ({"shared_softening": 0.5, "shared_softening_sigma": 6.0, "crop_size": 16},
+     "crop_size 16 is too small for shared_softening_sigma 6: the crop must exceed the softening's 20-pixel reach"),
+    ({"still_fraction": 1.0}, r"still_fraction must be in \[0, 1\), got 1.0"),
     ({"validation_crop": 8}, "validation_crop must be 0 or >= 16"),
     ({"perceptual_window_hu": (240.0, -160.0)}, "perceptual_window_hu must be two HU values low < high"),
     ({"pixel_weight": -1.0}, "pixel_weight must be >= 0, got -1.0"),
