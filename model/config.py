@@ -54,6 +54,7 @@ def softening_radius(sigma_pixels: float) -> int:
     `sigma_pixels`: 3.3 sigma; the training crop must be larger."""
     return math.ceil(3.3 * sigma_pixels)
 
+
 MAX_UNET_DEPTH = 10
 """Deepest U-Net allowed: inputs are padded to a multiple of 2^depth pixels (1,024 at 10)."""
 
