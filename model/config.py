@@ -236,10 +236,10 @@ class TrainConfig:
             raise ValueError(f"still_fraction must be in [0, 1), got {self.still_fraction}")
         if not 0.0 < self.shared_softening_sigma <= MAX_SOFTENING_SIGMA:
             raise ValueError(f"shared_softening_sigma must be in (0, {MAX_SOFTENING_SIGMA}] pixels, got {self.shared_softening_sigma}")
-        if self.shared_softening and self.crop_size <= softening_radius(self.shared_softening_sigma):
+        reach = softening_radius(self.shared_softening_sigma)
+        if self.shared_softening and self.crop_size <= reach:
             raise ValueError(f"crop_size {self.crop_size} is too small for shared_softening_sigma "
-                             f"{self.shared_softening_sigma:g}: the crop must exceed the softening's "
-                             f"{softening_radius(self.shared_softening_sigma)}-pixel reach")
+                             f"{self.shared_softening_sigma:g}: the crop must exceed the softening's {reach}-pixel reach")
         if self.charbonnier_epsilon_hu <= 0:
             raise ValueError(f"charbonnier_epsilon_hu must be > 0, got {self.charbonnier_epsilon_hu}")
         if self.generator_norm == "batch":
