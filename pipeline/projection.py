@@ -25,8 +25,9 @@ Model:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -361,35 +362,68 @@ class _ObjectSpectrum:
     origin_mm: tuple[float, float]
 
 
-def _object_spectrum(attenuation: np.ndarray, pixel_spacing_mm: tuple[float, float]) -> _ObjectSpectrum:
-    """The gridding-ready spectrum of an attenuation image [H, W] (one real FFT of the padded grid)."""
-    height, width = attenuation.shape
-    grid_y = _even_fast_len(_GRID_OVERSAMPLING * height)
-    grid_x = _even_fast_len(_GRID_OVERSAMPLING * width)
+@functools.lru_cache(maxsize=8)
+def _compensation(height: int, width: int, grid_y: int, grid_x: int) -> np.ndarray:
+    """The gridding kernel's transform at the pixels of an image [H, W] on a [grid_y, grid_x] grid (read-only)."""
     rows = np.arange(height) - height // 2
     cols = np.arange(width) - width // 2
     compensation = _kaiser_bessel_transform(rows / grid_y)[:, None] * _kaiser_bessel_transform(cols / grid_x)[None, :]
-    padded = np.zeros((grid_y, grid_x), dtype=np.float32)
-    padded[np.ix_(rows % grid_y, cols % grid_x)] = attenuation / compensation
-    half = fft.rfft2(padded, axes=(1, 0))
+    compensation.flags.writeable = False
+    return compensation
+
+
+def _object_spectrum(attenuation: np.ndarray, pixel_spacing_mm: tuple[float, float]) -> _ObjectSpectrum:
+    """The gridding-ready spectrum of an attenuation image [H, W] (one real FFT of the padded grid;
+    its first pass skips the grid's all-zero columns, whose transform is zero)."""
+    height, width = attenuation.shape
+    grid_y = _even_fast_len(_GRID_OVERSAMPLING * height)
+    grid_x = _even_fast_len(_GRID_OVERSAMPLING * width)
+    rows = (np.arange(height) - height // 2) % grid_y
+    padded = np.zeros((grid_y, width), dtype=np.float32)
+    padded[rows] = attenuation / _compensation(height, width, grid_y, grid_x)
     pad = _KERNEL_TAPS // 2
+    extended = np.empty((grid_y // 2 + 1 + 2 * pad, grid_x + 2 * pad), dtype=np.complex64)
+    core = extended[:, pad: pad + grid_x]
+    half = core[pad: pad + grid_y // 2 + 1]
+    columns = fft.rfft(padded, axis=0)
+    right = width - width // 2
+    half[:, :right] = columns[:, width // 2:]
+    half[:, right: grid_x - width // 2] = 0
+    half[:, grid_x - width // 2:] = columns[:, : width // 2]
+    transformed = fft.fft(half, axis=1, overwrite_x=True)
+    if not np.shares_memory(transformed, half):
+        half[...] = transformed
     mirrored_cols = (-np.arange(grid_x)) % grid_x
-    below = np.conj(half[pad:0:-1][:, mirrored_cols])
-    above = np.conj(half[grid_y // 2 - 1: grid_y // 2 - 1 - pad: -1][:, mirrored_cols])
-    extended = np.vstack([below, half, above])
-    extended = np.concatenate([extended[:, -pad:], extended, extended[:, :pad]], axis=1).astype(np.complex64)
+    core[:pad] = np.conj(half[pad:0:-1][:, mirrored_cols])
+    core[pad + half.shape[0]:] = np.conj(half[grid_y // 2 - 1: grid_y // 2 - 1 - pad: -1][:, mirrored_cols])
+    extended[:, :pad] = core[:, -pad:]
+    extended[:, pad + grid_x:] = core[:, :pad]
     row_mm, col_mm = pixel_spacing_mm
     origin = ((width // 2 - (width - 1) / 2) * col_mm, (height // 2 - (height - 1) / 2) * row_mm)
     return _ObjectSpectrum(extended, (grid_y, grid_x), pixel_spacing_mm, origin)
 
 
-def _sample_spectrum(spectrum: _ObjectSpectrum, kx: np.ndarray, ky: np.ndarray) -> np.ndarray:
-    """Fourier transform (attenuation * mm^2) of the object with pixel (H // 2, W // 2) at the origin,
-    at frequencies kx, ky >= 0 (cycles/mm), 1-D arrays."""
-    grid_y, grid_x = spectrum.grid_shape
-    row_mm, col_mm = spectrum.pixel_spacing_mm
-    windows = sliding_window_view(spectrum.grid, (_KERNEL_TAPS, _KERNEL_TAPS))
-    out = np.empty(kx.shape, dtype=np.complex64)
+@dataclasses.dataclass(frozen=True)
+class _Gridding:
+    """Kaiser-Bessel gridding of Fourier samples: the top-left corner (row, column) of each sample's
+    taps x taps block of an `_ObjectSpectrum` grid and its kernel weights float32 [m, taps^2]."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    weights: np.ndarray
+
+    def take(self, samples: np.ndarray) -> "_Gridding":
+        return _Gridding(self.rows[samples], self.cols[samples], self.weights[samples])
+
+
+def _gridding(grid_shape: tuple[int, int], pixel_spacing_mm: tuple[float, float], kx: np.ndarray,
+              ky: np.ndarray) -> _Gridding:
+    """The gridding of frequencies kx, ky >= 0 (cycles/mm, 1-D arrays) on a spectrum grid of `grid_shape`."""
+    grid_y, grid_x = grid_shape
+    row_mm, col_mm = pixel_spacing_mm
+    rows = np.empty(kx.shape, dtype=np.intp)
+    cols = np.empty(kx.shape, dtype=np.intp)
+    weights = np.empty((kx.size, _KERNEL_TAPS * _KERNEL_TAPS), dtype=np.float32)
     for start in range(0, kx.size, _GRIDDING_CHUNK):
         part = slice(start, start + _GRIDDING_CHUNK)
         u_y = ky[part] * (row_mm * grid_y)
@@ -398,10 +432,53 @@ def _sample_spectrum(spectrum: _ObjectSpectrum, kx: np.ndarray, ky: np.ndarray) 
         i_x = np.floor(u_x)
         w_y = _kernel_weights(u_y - i_y)
         w_x = _kernel_weights(u_x - i_x)
-        weights = (w_y[:, :, None] * w_x[:, None, :]).reshape(len(w_y), -1)
-        blocks = windows[i_y.astype(np.intp) + 1, i_x.astype(np.intp) + 1].reshape(len(w_y), -1)
-        out[part] = np.einsum("mk,mk->m", blocks, weights)
+        weights[part] = (w_y[:, :, None] * w_x[:, None, :]).reshape(len(w_y), -1)
+        rows[part] = i_y.astype(np.intp) + 1
+        cols[part] = i_x.astype(np.intp) + 1
+    return _Gridding(rows, cols, weights)
+
+
+def _grid(spectrum: _ObjectSpectrum, gridding: _Gridding, upper: _ObjectSpectrum | None = None,
+          upper_weight: np.ndarray | None = None) -> np.ndarray:
+    """Fourier transform (attenuation * mm^2) of the object with pixel (H // 2, W // 2) at the origin
+    at the samples of `gridding`, complex64 [m]. With `upper` (a spectrum of the same grid), sample
+    j is the blend (1 - w_j) * spectrum + w_j * upper, w = `upper_weight` [m]."""
+    row_mm, col_mm = spectrum.pixel_spacing_mm
+    windows = sliding_window_view(spectrum.grid, (_KERNEL_TAPS, _KERNEL_TAPS))
+    upper_windows = None if upper is None else sliding_window_view(upper.grid, (_KERNEL_TAPS, _KERNEL_TAPS))
+    out = np.empty(gridding.rows.shape, dtype=np.complex64)
+    for start in range(0, out.size, _GRIDDING_CHUNK):
+        part = slice(start, start + _GRIDDING_CHUNK)
+        at = (gridding.rows[part], gridding.cols[part])
+        weights = gridding.weights[part]
+        out[part] = np.einsum("mk,mk->m", windows[at].reshape(len(weights), -1), weights)
+        if upper_windows is not None:
+            above = np.einsum("mk,mk->m", upper_windows[at].reshape(len(weights), -1), weights)
+            out[part] += upper_weight[part].astype(np.float32) * (above - out[part])
     return out * (row_mm * col_mm)
+
+
+def _line_frequencies(geometry: ScanGeometry, angles_rad: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(inside, flip, kx, ky) of the Fourier lines of views at `angles_rad`: `inside` [views, bins/2 + 1]
+    marks the samples within the image grid's band limit, `flip` those taken at -k (ky < 0) and
+    conjugated; kx, ky (cycles/mm) of the inside samples, row by row, with ky >= 0."""
+    bins = geometry.detector_bins
+    k = np.arange(bins // 2 + 1) / (bins * geometry.detector_spacing_mm)
+    kx = np.cos(angles_rad)[:, None] * k
+    ky = np.sin(angles_rad)[:, None] * k
+    row_mm, col_mm = geometry.pixel_spacing_mm
+    inside = (np.abs(kx) <= 0.5 / col_mm) & (np.abs(ky) <= 0.5 / row_mm)
+    flip = (np.sin(angles_rad) < 0)[:, None] & inside
+    sign = np.where(flip, -1.0, 1.0)
+    return inside, flip, (kx * sign)[inside], (ky * sign)[inside]
+
+
+def _lines_from_samples(samples: np.ndarray, inside: np.ndarray, flip: np.ndarray) -> np.ndarray:
+    """Line spectra complex128 [views, bins/2 + 1] from the inside samples (zero elsewhere), flipped ones conjugated."""
+    values = np.zeros(inside.shape, dtype=np.complex128)
+    values[inside] = samples
+    values[flip] = np.conj(values[flip])
+    return values
 
 
 def _line_spectra(spectrum: _ObjectSpectrum, geometry: ScanGeometry, angles_rad: np.ndarray) -> np.ndarray:
@@ -411,28 +488,65 @@ def _line_spectra(spectrum: _ObjectSpectrum, geometry: ScanGeometry, angles_rad:
     Sample m is at m / (bins * detector spacing) cycles/mm; frequencies beyond the image grid's
     band limit along either axis are zero.
     """
-    bins = geometry.detector_bins
-    k = np.arange(bins // 2 + 1) / (bins * geometry.detector_spacing_mm)
-    kx = np.cos(angles_rad)[:, None] * k
-    ky = np.sin(angles_rad)[:, None] * k
-    row_mm, col_mm = geometry.pixel_spacing_mm
-    inside = (np.abs(kx) <= 0.5 / col_mm) & (np.abs(ky) <= 0.5 / row_mm)
-    flip = (np.sin(angles_rad) < 0)[:, None] & inside
-    sign = np.where(flip, -1.0, 1.0)
-    values = np.zeros(kx.shape, dtype=np.complex128)
-    values[inside] = _sample_spectrum(spectrum, (kx * sign)[inside], (ky * sign)[inside])
-    values[flip] = np.conj(values[flip])
-    return values
+    inside, flip, kx, ky = _line_frequencies(geometry, angles_rad)
+    gridding = _gridding(spectrum.grid_shape, spectrum.pixel_spacing_mm, kx, ky)
+    return _lines_from_samples(_grid(spectrum, gridding), inside, flip)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ScanLines:
+    """The gridding of the Fourier lines of a scan's own views, made once per geometry (`_scan_lines`).
+
+    In a 360 degree scan with an even number of views, view i + views/2 is view i reversed, whose
+    line is the complex conjugate: only the first half (`base` views) is gridded. `starts` [base + 1]
+    gives each base view's first sample in `gridding`.
+    """
+
+    base: int
+    inside: np.ndarray
+    flip: np.ndarray
+    gridding: _Gridding
+    starts: np.ndarray
+
+    def lines(self, spectrum: _ObjectSpectrum, views: np.ndarray, upper: _ObjectSpectrum | None = None,
+              upper_weight: np.ndarray | None = None) -> np.ndarray:
+        """Line spectra complex128 [len(views), bins/2 + 1] of the scan's views `views` (ints); with
+        `upper`, view i's line is the blend (1 - w_i) * spectrum's + w_i * upper's (`upper_weight` [views])."""
+        views = np.asarray(views, dtype=np.intp)
+        base, mirrored = views % self.base, views >= self.base
+        counts = self.starts[base + 1] - self.starts[base]
+        if np.array_equal(base, np.arange(self.base)):
+            gridding = self.gridding
+        else:
+            first = np.repeat(self.starts[base] - np.cumsum(counts) + counts, counts)
+            gridding = self.gridding.take(first + np.arange(counts.sum()))
+        blend = None if upper is None else np.repeat(np.asarray(upper_weight, dtype=np.float64), counts)
+        values = _lines_from_samples(_grid(spectrum, gridding, upper, blend), self.inside[base], self.flip[base])
+        values[mirrored] = np.conj(values[mirrored])
+        return values
+
+
+@functools.lru_cache(maxsize=4)
+def _scan_lines(geometry: ScanGeometry) -> _ScanLines:
+    """The `_ScanLines` of a geometry (cached: every slice of a series shares its geometry)."""
+    angles = geometry.angles_rad
+    base = geometry.views // 2 if geometry.scan_deg == 360.0 and geometry.views % 2 == 0 else geometry.views
+    inside, flip, kx, ky = _line_frequencies(geometry, angles[:base])
+    height, width = geometry.shape
+    grid_shape = (_even_fast_len(_GRID_OVERSAMPLING * height), _even_fast_len(_GRID_OVERSAMPLING * width))
+    gridding = _gridding(grid_shape, geometry.pixel_spacing_mm, kx, ky)
+    for array in (inside, flip, gridding.rows, gridding.cols, gridding.weights):
+        array.flags.writeable = False
+    starts = np.concatenate([[0], np.cumsum(inside.sum(axis=1))])
+    return _ScanLines(base, inside, flip, gridding, starts)
 
 
 def _static_line_spectra(spectrum: _ObjectSpectrum, geometry: ScanGeometry) -> np.ndarray:
-    """`_line_spectra` at the scan's own angles. In a 360 degree scan with an even number of views,
-    view i + views/2 is view i reversed, whose transform is the complex conjugate: computed once."""
-    angles = geometry.angles_rad
-    if geometry.scan_deg != 360.0 or geometry.views % 2:
-        return _line_spectra(spectrum, geometry, angles)
-    first = _line_spectra(spectrum, geometry, angles[: geometry.views // 2])
-    return np.concatenate([first, np.conj(first)])
+    """`_line_spectra` at the scan's own angles (`_ScanLines`: a 360 degree scan with an even number
+    of views grids its first half, and the second half is its conjugate)."""
+    scan_lines = _scan_lines(geometry)
+    lines = scan_lines.lines(spectrum, np.arange(scan_lines.base))
+    return lines if scan_lines.base == geometry.views else np.concatenate([lines, np.conj(lines)])
 
 
 def _views_from_spectra(lines: np.ndarray, geometry: ScanGeometry, shifts_mm: np.ndarray) -> np.ndarray:
@@ -450,15 +564,38 @@ def project(attenuation: np.ndarray, geometry: ScanGeometry, poses: np.ndarray) 
     return _sinograms(attenuation, geometry, [poses])[0]
 
 
-def project_views(attenuation: np.ndarray, geometry: ScanGeometry, view_indices: np.ndarray) -> np.ndarray:
-    """Views float64 [len(view_indices), bins] (attenuation * mm) of the static object [H, W] at the
-    scan's views `view_indices` (ints in [0, views)): one spectrum, gridding of those views only."""
-    if attenuation.shape != geometry.shape:
-        raise ValueError(f"image shape {attenuation.shape} does not match the scan geometry {geometry.shape}")
-    spectrum = _object_spectrum(attenuation, geometry.pixel_spacing_mm)
-    angles = geometry.angles_rad[np.asarray(view_indices, dtype=np.intp)]
-    shifts = spectrum.origin_mm[0] * np.cos(angles) + spectrum.origin_mm[1] * np.sin(angles)
-    return _views_from_spectra(_line_spectra(spectrum, geometry, angles), geometry, shifts)
+def interpolated_sinogram(image_at: Callable[[int], np.ndarray], lower: np.ndarray, upper_weight: np.ndarray,
+                          geometry: ScanGeometry) -> np.ndarray:
+    """Sinogram float64 [views, bins] (attenuation * mm) where view i sees the blend
+    (1 - w_i) * image_at(lower_i) + w_i * image_at(lower_i + 1) of two attenuation images [H, W]
+    (`lower` ints, `upper_weight` w in [0, 1], both [views]). Projection is linear, so this is the
+    blend of the two images' views: each image's spectrum is computed once (only the images some view
+    needs), each view is gridded once against both, and all views are formed by one inverse FFT."""
+    lower = np.asarray(lower, dtype=np.intp)
+    upper_weight = np.asarray(upper_weight, dtype=np.float64)
+    if lower.shape != (geometry.views,) or upper_weight.shape != (geometry.views,):
+        raise ValueError(f"lower and upper_weight must be [{geometry.views}], got {lower.shape}, {upper_weight.shape}")
+    angles = geometry.angles_rad
+    lines = np.zeros((geometry.views, geometry.detector_bins // 2 + 1), dtype=np.complex128)
+    spectra: dict[int, _ObjectSpectrum] = {}
+
+    def spectrum_of(index: int) -> _ObjectSpectrum:
+        if index not in spectra:
+            attenuation = image_at(index)
+            if attenuation.shape != geometry.shape:
+                raise ValueError(f"image shape {attenuation.shape} does not match the scan geometry {geometry.shape}")
+            spectra[index] = _object_spectrum(attenuation, geometry.pixel_spacing_mm)
+        return spectra[index]
+
+    scan_lines = _scan_lines(geometry)
+    for index in np.unique(lower):
+        views = np.flatnonzero(lower == index)
+        below = spectrum_of(int(index))
+        above = spectrum_of(int(index) + 1) if upper_weight[views].any() else None
+        lines[views] = scan_lines.lines(below, views, above, upper_weight[views])
+        spectra.pop(int(index))
+    origin_x, origin_y = below.origin_mm
+    return _views_from_spectra(lines, geometry, origin_x * np.cos(angles) + origin_y * np.sin(angles))
 
 
 def _sinograms(attenuation: np.ndarray, geometry: ScanGeometry, pose_sets: list[np.ndarray]) -> list[np.ndarray]:

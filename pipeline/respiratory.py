@@ -41,8 +41,8 @@ from pipeline.projection import (
     FBP_FILTERS,
     ProjectionConfig,
     hu_to_attenuation,
+    interpolated_sinogram,
     project,
-    project_views,
     reconstruct_pair,
     scan_geometry,
 )
@@ -93,6 +93,14 @@ corners), so the expanding wall has room: where the smoothed body mask exceeds `
 _WALL_LEVEL = 0.5 * math.erfc(WALL_MARGIN_MM / (BODY_SMOOTHING_MM * math.sqrt(2.0)))
 
 
+FAN_STATE_STEP_MM = 1.0
+CONE_STATE_STEP_MM = 2.0
+"""Default spacing (mm at the diaphragm) of the simulated breathing states. Measured on a 512 x 512
+thorax slice (docs/respiratory-motion.md): against a 0.25 mm step, the blurry image's RMS error is
+2-9% of the breathing artifact for the fan beam at 1 mm, and 1.5-1.7% for the cone beam at 2 mm,
+whose views sample the states all over the scan, so the blending errors average out."""
+
+
 @dataclasses.dataclass(frozen=True)
 class RespiratoryConfig:
     """Breathing and scan settings of the respiratory blur model (docs/respiratory-motion.md).
@@ -128,8 +136,9 @@ class RespiratoryConfig:
                                                "(mm per minute)")
     centre_motion: bool = setting(True, "subtract each slice's mean breathing state over its views, so the blurry "
                                         "image is not displaced from the target on average (true/false)")
-    state_step_mm: float = setting(1.0, "breathing states are simulated this far apart at the diaphragm; a view "
-                                        "between two states sees their linear blend (mm)")
+    state_step_mm: float = setting(0.0, "breathing states are simulated this far apart at the diaphragm; a view "
+                                        "between two states sees their linear blend; 0 = by geometry, "
+                                        f"{FAN_STATE_STEP_MM:g} fan, {CONE_STATE_STEP_MM:g} cone (mm)")
     move_head: bool = setting(False, "head series breathe too, as one block (true/false; off: a head never moves)")
 
     def validate(self) -> "RespiratoryConfig":
@@ -142,9 +151,11 @@ class RespiratoryConfig:
             raise ValueError(f"cone_arc_deg must be 200 or 360 degrees, got {self.cone_arc_deg}")
         if self.fbp_filter not in FBP_FILTERS:
             raise ValueError(f"fbp_filter must be one of {FBP_FILTERS}, got {self.fbp_filter!r}")
-        for name in ("fan_rotation_s", "cone_arc_s", "period_s_min", "state_step_mm"):
+        for name in ("fan_rotation_s", "cone_arc_s", "period_s_min"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not self.state_step_mm >= 0:
+            raise ValueError(f"state_step_mm must be > 0, or 0 for the geometry's default, got {self.state_step_mm}")
         for low, high in (("period_s_min", "period_s_max"), ("si_amplitude_mm_min", "si_amplitude_mm_max"),
                           ("ap_amplitude_mm_min", "ap_amplitude_mm_max")):
             if not 0.0 <= getattr(self, low) <= getattr(self, high):
@@ -158,6 +169,13 @@ class RespiratoryConfig:
     def parallel_scan_deg(self) -> float:
         """Angular span of the rebinned parallel views: 180 for a 200 degree short scan, else 360."""
         return 180.0 if self.geometry == "cone" and self.cone_arc_deg == 200.0 else 360.0
+
+    @property
+    def state_step(self) -> float:
+        """Spacing (mm) of the simulated breathing states: `state_step_mm`, or the geometry's default."""
+        if self.state_step_mm > 0:
+            return self.state_step_mm
+        return FAN_STATE_STEP_MM if self.geometry == "fan" else CONE_STATE_STEP_MM
 
     @property
     def scan_s(self) -> float:
@@ -276,29 +294,42 @@ class BreathingAnatomy:
         return dataclasses.replace(self, diaphragm_mm=self.diaphragm_mm - first_slice * slice_mm)
 
 
-def _check_volume(volume_hu: np.ndarray, spacing_mm: tuple[float, float, float]) -> np.ndarray:
+def _check_volume(volume_hu: np.ndarray, spacing_mm: tuple[float, float, float],
+                  trace: "BreathingTrace | None" = None, slice_index: int = 0) -> np.ndarray:
+    """The volume as an array, or ValueError naming what is wrong with it. NaN or infinite values
+    are looked for in the whole volume or, given a `trace`, in the planes that slice `slice_index`
+    can read under it (`reach_slices`)."""
     volume = np.asarray(volume_hu)
     if volume.ndim != 3 or volume.shape[0] < 2 or min(volume.shape[1:]) < 8:
         raise ValueError(f"volume_hu must be [Z, H, W] with Z >= 2 and H, W >= 8, got shape {volume.shape}")
     if len(spacing_mm) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing_mm):
         raise ValueError(f"spacing_mm must be three positive mm values (slice, row, column), got {spacing_mm}")
-    if not np.isfinite(volume).all():
+    read = volume
+    if trace is not None:
+        reach = reach_slices(trace, float(spacing_mm[0]))
+        read = volume[max(0, slice_index - reach): slice_index + reach + 1]
+    if not (np.isfinite(read.min()) and np.isfinite(read.max())):
         raise ValueError("volume_hu holds NaN or infinite values; replace them (e.g. by air, -1000 HU) first")
     return volume
 
 
-def _body(slice_hu: np.ndarray) -> np.ndarray:
+def body_of_slice(slice_hu: np.ndarray) -> np.ndarray:
     """The largest region above `BODY_HU` with its holes filled, bool [H, W]."""
     labels, count = ndimage.label(slice_hu > BODY_HU)
     if count == 0:
         return np.zeros(slice_hu.shape, dtype=bool)
     sizes = np.bincount(labels.ravel())[1:]
-    return ndimage.binary_fill_holes(labels == 1 + int(np.argmax(sizes)))
+    region = labels == 1 + int(np.argmax(sizes))
+    outside, count = ndimage.label(~region)
+    body = np.ones(count + 1, dtype=bool)
+    body[np.concatenate([outside[0], outside[-1], outside[:, 0], outside[:, -1]])] = False
+    body[0] = True
+    return body[outside]
 
 
 def air_fraction(slice_hu: np.ndarray) -> float:
-    """Share of a slice's body area (`_body`) that is air inside the body (< `LUNG_HU`): lungs, bowel gas."""
-    body = _body(np.asarray(slice_hu))
+    """Share of a slice's body area (`body_of_slice`) that is air inside the body (< `LUNG_HU`): lungs, bowel gas."""
+    body = body_of_slice(np.asarray(slice_hu))
     return float(np.count_nonzero(body & (slice_hu < LUNG_HU)) / max(np.count_nonzero(body), 1))
 
 
@@ -349,6 +380,31 @@ def breathing_anatomy(volume_hu: np.ndarray, spacing_mm: tuple[float, float, flo
                              head_first, move_head)
 
 
+def _smoothed(mask: np.ndarray, sigma_pixels: tuple[float, float]) -> np.ndarray:
+    """`mask` (bool [H, W]) blurred by a Gaussian of `sigma_pixels` (rows, columns) with zeros
+    outside, float32. Wide Gaussians are computed on a grid coarser by a factor of a third of the
+    smaller sigma (block means, their own spread taken off the coarse Gaussian) and interpolated back
+    linearly (extrapolated at the borders): within 0.01 of the exact filter (0.004-0.005 on phantom bodies) at a fraction of its
+    cost."""
+    factor = max(1, int(min(sigma_pixels) // 3))
+    if factor == 1:
+        return ndimage.gaussian_filter(mask.astype(np.float32), sigma_pixels, mode="constant")
+    height, width = mask.shape
+    padded = np.zeros((-(-height // factor) * factor, -(-width // factor) * factor), dtype=np.float32)
+    padded[:height, :width] = mask
+    coarse = padded.reshape(padded.shape[0] // factor, factor, padded.shape[1] // factor, factor).mean(axis=(1, 3))
+    block_variance = (factor * factor - 1) / 12.0
+    coarse = ndimage.gaussian_filter(coarse, [math.sqrt(sigma * sigma - block_variance) / factor for sigma in sigma_pixels],
+                                     mode="constant")
+    for axis, size in ((0, height), (1, width)):
+        position = (np.arange(size, dtype=np.float32) - (factor - 1) / 2) / factor
+        below = np.clip(np.floor(position).astype(np.intp), 0, coarse.shape[axis] - 2)
+        weight = (position - below)[:, None] if axis == 0 else (position - below)[None, :]
+        first, second = np.take(coarse, below, axis=axis), np.take(coarse, below + 1, axis=axis)
+        coarse = first + weight * (second - first)
+    return coarse.astype(np.float32)
+
+
 def plane_weights(slice_hu: np.ndarray, pixel_spacing_mm: tuple[float, float],
                   bone_hu: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """In-plane weights float32 [H, W] (0 to 1) of the superior-inferior motion and of the
@@ -358,12 +414,11 @@ def plane_weights(slice_hu: np.ndarray, pixel_spacing_mm: tuple[float, float],
     `SPINE_RADIUS_MM` of the spine's centre (bone above `SPINE_HU` in `bone_hu`, default the slice
     itself, inside `SPINE_WINDOW`)."""
     row_mm, col_mm = (float(s) for s in pixel_spacing_mm)
-    body = _body(slice_hu)
+    body = body_of_slice(slice_hu)
     if not body.any():
         zeros = np.zeros(slice_hu.shape, dtype=np.float32)
         return zeros, zeros.copy()
-    sigma = (BODY_SMOOTHING_MM / row_mm, BODY_SMOOTHING_MM / col_mm)
-    smooth = ndimage.gaussian_filter(body.astype(np.float32), sigma, mode="constant")
+    smooth = _smoothed(body, (BODY_SMOOTHING_MM / row_mm, BODY_SMOOTHING_MM / col_mm))
     si = body * smooth
     rows = np.flatnonzero(body.any(axis=1))
     front, back = rows.min(), rows.max()
@@ -388,16 +443,21 @@ def plane_weights(slice_hu: np.ndarray, pixel_spacing_mm: tuple[float, float],
 
 @dataclasses.dataclass(frozen=True)
 class _Plane:
-    """What deforming one slice plane needs: its index and its weights in voxels per mm of motion at
-    the diaphragm (slices towards the feet, rows towards the back), float32 [H, W]."""
+    """What deforming one slice plane needs: its index, the flat indices [N] of its pixels that move
+    and their weights in voxels per mm of motion at the diaphragm (slices towards the feet, rows
+    towards the back), float32 [N], with their rows (float32) and columns (int); every other pixel
+    stays as it is."""
 
     index: int
+    pixels: np.ndarray
+    rows: np.ndarray
+    cols: np.ndarray
     si_voxels_per_mm: np.ndarray
     ap_voxels_per_mm: np.ndarray
 
     @property
     def moves(self) -> bool:
-        return bool(self.si_voxels_per_mm.any() or self.ap_voxels_per_mm.any())
+        return bool(self.pixels.size)
 
 
 def _plane(volume: np.ndarray, spacing_mm: tuple[float, float, float], anatomy: BreathingAnatomy,
@@ -407,33 +467,39 @@ def _plane(volume: np.ndarray, spacing_mm: tuple[float, float, float], anatomy: 
     slice_mm, row_mm, col_mm = (float(s) for s in spacing_mm)
     along = float(anatomy.longitudinal_weight(slice_index * slice_mm))
     if along == 0.0:
-        si = ap = np.zeros(volume.shape[1:], dtype=np.float32)
-    else:
-        reach = math.ceil(SPINE_SLAB_MM / slice_mm)
-        slab = volume[max(0, slice_index - reach): slice_index + reach + 1]
-        si, ap = plane_weights(volume[slice_index], (row_mm, col_mm), slab.max(axis=0))
+        nothing, none = np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.intp)
+        return _Plane(slice_index, none, nothing, none, nothing, nothing)
+    reach = math.ceil(SPINE_SLAB_MM / slice_mm)
+    slab = volume[max(0, slice_index - reach): slice_index + reach + 1]
+    si, ap = plane_weights(volume[slice_index], (row_mm, col_mm), slab.max(axis=0))
+    pixels = np.flatnonzero((si != 0) | (ap != 0))
+    rows, cols = np.divmod(pixels, volume.shape[2])
     towards_feet = 1.0 if anatomy.head_first else -1.0
-    return _Plane(slice_index, np.float32(along * towards_feet / slice_mm) * si, np.float32(along / row_mm) * ap)
+    return _Plane(slice_index, pixels, rows.astype(np.float32), cols,
+                  np.float32(along * towards_feet / slice_mm) * si.ravel()[pixels],
+                  np.float32(along / row_mm) * ap.ravel()[pixels])
 
 
 def _deform_plane(volume: np.ndarray, plane: _Plane, si_mm: float, ap_mm: float) -> np.ndarray:
     """The plane of `volume` deformed by (si_mm, ap_mm) at the diaphragm, float32 [H, W] (HU):
-    bilinear in (slice, row) at the source positions, clamped to the volume (columns do not move)."""
+    its moving pixels bilinear in (slice, row) at their source positions, clamped to the volume
+    (columns do not move); the others as they are."""
+    image = volume[plane.index].astype(np.float32)
     if (si_mm == 0 and ap_mm == 0) or not plane.moves:
-        return volume[plane.index].astype(np.float32)
+        return image
     slices, height, width = volume.shape
     z = np.clip(plane.index - np.float32(si_mm) * plane.si_voxels_per_mm, 0, slices - 1)
-    r = np.clip(np.arange(height, dtype=np.float32)[:, None] + np.float32(ap_mm) * plane.ap_voxels_per_mm,
-                0, height - 1)
-    z0 = np.minimum(z.astype(np.intp), slices - 2)
-    r0 = np.minimum(r.astype(np.intp), height - 2)
+    r = np.clip(plane.rows + np.float32(ap_mm) * plane.ap_voxels_per_mm, 0, height - 1)
+    z0 = np.minimum(np.floor(z), slices - 2)
+    r0 = np.minimum(np.floor(r), height - 2)
     z_weight, r_weight = z - z0, r - r0
     flat = volume.reshape(-1)
-    base = (z0 * height + r0) * width + np.arange(width)
+    base = (z0.astype(np.intp) * height + r0.astype(np.intp)) * width + plane.cols
     upper = flat[base] + r_weight * (flat[base + width] - flat[base])
     base += height * width
     lower = flat[base] + r_weight * (flat[base + width] - flat[base])
-    return (upper + z_weight * (lower - upper)).astype(np.float32)
+    image.ravel()[plane.pixels] = upper + z_weight * (lower - upper)
+    return image
 
 
 def deformed_slice(volume_hu: np.ndarray, spacing_mm: tuple[float, float, float], anatomy: BreathingAnatomy,
@@ -511,12 +577,12 @@ def respiratory_pair(volume_hu: np.ndarray, spacing_mm: tuple[float, float, floa
     scanned slice by slice passes start_s = slice time); cone beam, one arc for all slices (start_s
     the same for every slice). View i sees the plane deformed by the breathing state at its time
     (`view_times_s`), centred over the views with `config.centre_motion`. States are simulated
-    `state_step_mm` apart at this plane and a view between two sees their linear blend (projection
+    `config.state_step` apart at this plane and a view between two sees their linear blend (projection
     is linear, so this is the blend of their views). Sharp: the static slice through the same
     projector and FBP; no motion gives bit-identical images.
     """
     config.validate()
-    volume = _check_volume(volume_hu, spacing_mm)
+    volume = _check_volume(volume_hu, spacing_mm, trace, slice_index)
     plane = _plane(volume, spacing_mm, anatomy, slice_index)
     projection = ProjectionConfig(views=config.views, scan_deg=config.parallel_scan_deg, fbp_filter=config.fbp_filter)
     geometry = scan_geometry(volume.shape[1:], spacing_mm[1:], projection)
@@ -528,16 +594,14 @@ def respiratory_pair(volume_hu: np.ndarray, spacing_mm: tuple[float, float, floa
     reach_mm = np.ptp(states) * along * max(trace.si_amplitude_mm, trace.ap_amplitude_mm)
     if reach_mm == 0 or not plane.moves:
         return reconstruct_pair(static, static, geometry, config.fbp_filter)
-    levels = np.linspace(states.min(), states.max(), 1 + math.ceil(reach_mm / config.state_step_mm))
+    levels = np.linspace(states.min(), states.max(), 1 + math.ceil(reach_mm / config.state_step))
     position = (states - levels[0]) / (levels[1] - levels[0])
     lower = np.minimum(np.floor(position).astype(np.intp), len(levels) - 2)
-    upper_weight = position - lower
-    moving = np.zeros_like(static)
-    for level, state in enumerate(levels):
-        weights = np.where(lower == level, 1.0 - upper_weight, np.where(lower + 1 == level, upper_weight, 0.0))
-        views = np.flatnonzero(weights)
-        if views.size == 0:
-            continue
-        image = _deform_plane(volume, plane, state * trace.si_amplitude_mm, state * trace.ap_amplitude_mm)
-        moving[views] += weights[views, None] * project_views(hu_to_attenuation(image), geometry, views)
+
+    def level_attenuation(level: int) -> np.ndarray:
+        state = levels[level]
+        return hu_to_attenuation(_deform_plane(volume, plane, state * trace.si_amplitude_mm,
+                                               state * trace.ap_amplitude_mm))
+
+    moving = interpolated_sinogram(level_attenuation, lower, position - lower, geometry)
     return reconstruct_pair(static, moving, geometry, config.fbp_filter)

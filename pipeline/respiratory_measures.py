@@ -20,10 +20,11 @@ import math
 import numpy as np
 from scipy import ndimage
 
+from pipeline.respiratory import body_of_slice
+
 LUNG_HU = -400.0
 """Lung (air in the body) lies below this HU, tissue above `TISSUE_HU`."""
 TISSUE_HU = -100.0
-BODY_HU = -500.0
 PARENCHYMA_HU = -700.0
 """Lung parenchyma ROI: lung below this HU (excludes vessels and partial volume at the pleura)."""
 LIVER_HU = (0.0, 200.0)
@@ -112,14 +113,8 @@ def edge_profiles(volume_hu: np.ndarray, spacing_mm: tuple[float, float, float],
 
 
 def body_mask(volume_hu: np.ndarray) -> np.ndarray:
-    """Bool [Z, H, W]: per slice, the largest region above `BODY_HU` with its holes (lungs) filled."""
-    masks = np.zeros(np.shape(volume_hu), dtype=bool)
-    for index, plane in enumerate(np.asarray(volume_hu)):
-        labels, count = ndimage.label(plane > BODY_HU)
-        if count:
-            largest = 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
-            masks[index] = ndimage.binary_fill_holes(labels == largest)
-    return masks
+    """Bool [Z, H, W]: per slice, `body_of_slice` (the largest region above -500 HU, holes such as the lungs filled)."""
+    return np.stack([body_of_slice(plane) for plane in np.asarray(volume_hu)])
 
 
 def diaphragm_points(volume_hu: np.ndarray, spacing_mm: tuple[float, float, float], diaphragm_index: float,

@@ -15,6 +15,7 @@ from pipeline.projection import (
     RigidMotion,
     filtered_back_projection,
     hu_to_attenuation,
+    interpolated_sinogram,
     motion_extents,
     motion_poses,
     project,
@@ -153,6 +154,32 @@ def test_projector_follows_the_fourier_slice_theorem_for_any_image():
         measured = np.fft.rfft(sinogram[view]) * step * np.where(m % 2, -1.0, 1.0)
         below_nyquist = slice(0, bins // 2)  # a real view keeps only the real part at the Nyquist bin
         assert np.abs(measured - direct)[below_nyquist].max() < 2e-5 * np.abs(direct).max()
+
+
+def test_interpolated_sinogram_is_the_per_view_blend_of_the_images_views():
+    """View i of `interpolated_sinogram` is (1 - w_i) x image(lower_i)'s view + w_i x image(lower_i + 1)'s,
+    as `project` makes them; each image is made once, and one that no view needs is never asked for."""
+    shape, spacing = (40, 36), (0.8, 0.7)
+    rng = np.random.default_rng(3)
+    images = [rng.uniform(0.0, 2.0, shape) for _ in range(5)]
+    geometry = scan_geometry(shape, spacing, ProjectionConfig(views=24))
+    lower = np.repeat([0, 2, 3], 8)
+    weight = rng.uniform(0.0, 1.0, 24)
+    weight[:8] = 0.0
+    asked = []
+
+    def image_at(index):
+        asked.append(index)
+        return images[index]
+
+    blended = interpolated_sinogram(image_at, lower, weight, geometry)
+    views = [project(image, geometry, np.zeros((24, 3))) for image in images]
+    expected = np.array([(1 - w) * views[k][i] + w * views[k + 1][i] for i, (k, w) in enumerate(zip(lower, weight))])
+    assert blended.shape == expected.shape
+    assert np.abs(blended - expected).max() < 1e-5 * np.abs(expected).max()
+    assert sorted(asked) == [0, 2, 3, 4]  # each once; image 1 only a zero-weight neighbour
+    with pytest.raises(ValueError, match="lower and upper_weight must be"):
+        interpolated_sinogram(image_at, lower[:5], weight, geometry)
 
 
 @pytest.mark.parametrize("axis", ["x", "y"])

@@ -11,6 +11,8 @@ from pipeline.projection import ProjectionConfig, attenuation_to_hu, filtered_ba
     project, scan_geometry
 from pipeline.respiratory import (
     APEX_WEIGHT,
+    CONE_STATE_STEP_MM,
+    FAN_STATE_STEP_MM,
     INFERIOR_FALLOFF_MM,
     SUPERIOR_FALLOFF_MM,
     WALL_MARGIN_MM,
@@ -20,7 +22,9 @@ from pipeline.respiratory import (
     breathing_signal,
     breathing_trace,
     deform_volume,
+    _smoothed,
     diaphragm_anatomy,
+    reach_slices,
     respiratory_pair,
     sample_breathing,
     view_times_s,
@@ -214,9 +218,39 @@ def test_view_times_follow_the_gantry():
 def test_bad_settings_are_refused_and_every_setting_has_its_unit():
     for bad, match in (({"geometry": "helical"}, "geometry"), ({"views": 1}, "views"),
                        ({"cone_arc_deg": 270.0}, "cone_arc_deg"), ({"period_s_min": 6.0}, "period_s_min"),
-                       ({"state_step_mm": 0.0}, "state_step_mm"), ({"drift_mm_per_min_max": -1.0}, "drift")):
+                       ({"state_step_mm": -1.0}, "state_step_mm"), ({"drift_mm_per_min_max": -1.0}, "drift")):
         with pytest.raises(ValueError, match=match):
             RespiratoryConfig(**bad).validate()
     for field in dataclasses.fields(RespiratoryConfig):
         assert "(" in field.metadata["help"] and field.metadata["help"].endswith(")"), field.name
     assert RespiratoryConfig().validate() == RespiratoryConfig()
+    assert (FAN.state_step, CONE.state_step) == (FAN_STATE_STEP_MM, CONE_STATE_STEP_MM) == (1.0, 2.0)
+    assert RespiratoryConfig(geometry="cone", state_step_mm=0.5).state_step == 0.5
+
+
+def test_a_volume_with_nan_in_the_planes_a_pair_reads_is_refused(thorax):
+    volume, spacing, _ = thorax
+    anatomy = breathing_anatomy(volume, spacing, "thorax")
+    trace = sample_breathing(np.random.default_rng(5), FAN, 61.0)
+    reach = reach_slices(trace, spacing[0])
+    assert reach < 10
+    near, far = volume.copy(), volume.copy()
+    near[16 + reach, 40, 40] = np.nan
+    far[16 + reach + 1:, 40, 40] = np.inf
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        respiratory_pair(near, spacing, anatomy, 16, trace, FAN)
+    assert np.array_equal(respiratory_pair(far, spacing, anatomy, 16, trace, FAN),
+                          respiratory_pair(volume, spacing, anatomy, 16, trace, FAN))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        breathing_anatomy(far, spacing, "thorax")
+
+
+def test_the_body_mask_is_smoothed_as_by_the_exact_gaussian():
+    body = np.zeros((200, 150), dtype=bool)
+    body[30:170, 20:130] = True
+    body[60:90, 40:60] = False
+    for sigma in ((12.3, 12.3), (7.0, 10.5), (2.0, 2.0)):
+        exact = ndimage.gaussian_filter(body.astype(np.float32), sigma, mode="constant")
+        assert np.abs(_smoothed(body, sigma) - exact).max() < 0.01, sigma
+    assert np.array_equal(_smoothed(body, (2.0, 2.0)), ndimage.gaussian_filter(body.astype(np.float32), 2.0,
+                                                                              mode="constant"))
