@@ -159,13 +159,18 @@ def highpass_noise_hu(hu: np.ndarray, flattest: np.ndarray | None = None) -> flo
 
 
 def add_pair_noise(sharp_hu: np.ndarray, blurry_hu: np.ndarray, spacing_mm: tuple[float, float],
-                   config: NoiseConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, PairNoise]:
+                   config: NoiseConfig, rng: np.random.Generator,
+                   input_hu: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, PairNoise]:
     """The noisy (sharp, blurry) float32 [H, W] HU of a pair made from `sharp_hu` (the input slice,
-    or the static reconstruction of the projection model) and its noise-free blur `blurry_hu`."""
+    or the static reconstruction of the projection and respiratory models) and its noise-free blur
+    `blurry_hu`. Whether the input is noise-free is measured on `input_hu`, the input slice (default
+    `sharp_hu`): a static reconstruction of a noise-free phantom is still noise-free, though its
+    sampling texture measures a few HU."""
     shape = sharp_hu.shape
     peak = config.nps_peak_cycles_per_mm
     flattest = flattest_tissue(sharp_hu)
-    measured = highpass_noise_hu(sharp_hu, flattest=flattest)
+    reference = sharp_hu if input_hu is None else input_hu
+    measured = highpass_noise_hu(reference, flattest=flattest if reference is sharp_hu else None)
     if measured < config.free_below_hu:
         sharp_sigma = 0.0 if config.clean_target else config.ct_hu
         blurry_sigma = config.ct_hu
@@ -173,7 +178,8 @@ def add_pair_noise(sharp_hu: np.ndarray, blurry_hu: np.ndarray, spacing_mm: tupl
         sharp_sigma = 0.0
         blurry_sigma = 0.0
         if config.match_archive:
-            lacking = measured ** 2 - highpass_noise_hu(blurry_hu, flattest=flattest) ** 2
+            target = measured if reference is sharp_hu else highpass_noise_hu(sharp_hu, flattest=flattest)
+            lacking = target ** 2 - highpass_noise_hu(blurry_hu, flattest=flattest) ** 2
             blurry_sigma = float(np.sqrt(max(lacking, 0.0))) / highpass_gain(shape, spacing_mm, peak)
     blurry_noise = ct_noise(shape, blurry_sigma, spacing_mm, peak, rng)
     sharp_noise = ct_noise(shape, sharp_sigma, spacing_mm, peak, rng)

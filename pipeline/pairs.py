@@ -122,7 +122,8 @@ def make_pair(task: PairTask, hu: np.ndarray, config: PipelineConfig, registered
         blurred = _kernel_blur(sharp, rng, config)
     blurry = blurred.pop("blurry")
     if not task.registered_fb:
-        noisy_sharp, blurry, noise = add_pair_noise(blurred["sharp_hu"], blurry, header.pixel_spacing_mm, config.noise, rng)
+        noisy_sharp, blurry, noise = add_pair_noise(blurred["sharp_hu"], blurry, header.pixel_spacing_mm, config.noise,
+                                                    rng, input_hu=sharp)
         blurred.update(sharp_hu=to_int16_hu(noisy_sharp), noise=noise.as_record())
     if config.noise_sigma_hu or config.noise_poisson_counts_per_hu:
         blurry = add_noise(blurry, rng, config.noise_sigma_hu, config.noise_poisson_counts_per_hu)

@@ -16,6 +16,7 @@ from pipeline.kernels import MotionParams, blur_hu, motion_psf, motion_trajector
 from pipeline.noise import NoiseConfig, add_pair_noise, ct_noise, flattest_tissue, highpass_gain, highpass_noise_hu
 from pipeline.pairs import make_pair
 from pipeline.planning import PairTask
+from pipeline.projection import ProjectionConfig, RigidMotion, projection_pair
 
 SPACING = (0.7, 0.7)
 SHAPE = (256, 256)
@@ -139,6 +140,20 @@ def test_scanner_input_keeps_its_sharp_image_and_gets_a_blurry_one_as_noisy(arch
     unmatched = add_pair_noise(archive, blurred, SPACING, NoiseConfig(match_archive=False), np.random.default_rng(2))
     np.testing.assert_array_equal(unmatched[1], blurred)
     assert unmatched[2].blurry_added_hu == 0.0
+
+
+def test_a_static_reconstruction_of_a_noise_free_phantom_counts_as_noise_free():
+    """Projection and respiratory pairs: the sharp target is the phantom's static FBP, whose sampling
+    texture measures a few HU; the decision is made on the input slice, so both images get CT noise."""
+    phantom = body_phantom(128)
+    reconstruction, moved = projection_pair(phantom, SPACING, RigidMotion("smooth", dx_mm=2.0, rotation_deg=1.0),
+                                            ProjectionConfig(views=180))
+    assert highpass_noise_hu(reconstruction) >= NoiseConfig().free_below_hu  # read alone, it would pass for a scan
+    sharp, blurry, info = add_pair_noise(reconstruction, moved, SPACING, NoiseConfig(ct_hu=10.0),
+                                         np.random.default_rng(1), input_hu=phantom)
+    assert (info.input_measured_hu, info.sharp_added_hu, info.blurry_added_hu) == (0.0, 10.0, 10.0)
+    assert float((sharp - reconstruction).std()) == pytest.approx(10.0, rel=0.05)
+    assert float((blurry - moved).std()) == pytest.approx(10.0, rel=0.05)
 
 
 def test_pair_noise_is_deterministic_for_a_seeded_generator():
