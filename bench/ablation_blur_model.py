@@ -145,7 +145,8 @@ def main() -> None:
         f"# Ablation: {' vs '.join(blur_models)} blur (issues 7 and 14)",
         "",
         f"Command: `.venv/bin/python bench/ablation_blur_model.py --phantoms {args.phantoms} --slices {args.slices} "
-        f"--pairs {args.pairs} --test_pairs {args.test_pairs} --size {args.size} --preset {args.preset} "
+        f"--pairs {args.pairs} --test_pairs {args.test_pairs} --validation_pairs {args.validation_pairs} "
+        f"--size {args.size} --preset {args.preset} "
         f"--model {args.model} --minutes {args.minutes:g} --epochs {args.epochs} --steps {args.steps} "
         f"--perceptual_weights {args.perceptual_weights} --blur_models {' '.join(blur_models)} "
         f"--geometry {args.geometry} --seed {args.seed}`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} "
