@@ -372,12 +372,23 @@ def _compensation(height: int, width: int, grid_y: int, grid_x: int) -> np.ndarr
     return compensation
 
 
+def _grid_shape(shape: tuple[int, int]) -> tuple[int, int]:
+    """(grid_y, grid_x): the oversampled spectrum grid of an image of `shape` [H, W]."""
+    return _even_fast_len(_GRID_OVERSAMPLING * shape[0]), _even_fast_len(_GRID_OVERSAMPLING * shape[1])
+
+
+def _grid_origin_mm(shape: tuple[int, int], pixel_spacing_mm: tuple[float, float]) -> tuple[float, float]:
+    """(x, y) mm of pixel (H // 2, W // 2), the spectrum's origin, from the image centre."""
+    height, width = shape
+    row_mm, col_mm = pixel_spacing_mm
+    return (width // 2 - (width - 1) / 2) * col_mm, (height // 2 - (height - 1) / 2) * row_mm
+
+
 def _object_spectrum(attenuation: np.ndarray, pixel_spacing_mm: tuple[float, float]) -> _ObjectSpectrum:
     """The gridding-ready spectrum of an attenuation image [H, W] (one real FFT of the padded grid;
     its first pass skips the grid's all-zero columns, whose transform is zero)."""
     height, width = attenuation.shape
-    grid_y = _even_fast_len(_GRID_OVERSAMPLING * height)
-    grid_x = _even_fast_len(_GRID_OVERSAMPLING * width)
+    grid_y, grid_x = _grid_shape(attenuation.shape)
     rows = (np.arange(height) - height // 2) % grid_y
     padded = np.zeros((grid_y, width), dtype=np.float32)
     padded[rows] = attenuation / _compensation(height, width, grid_y, grid_x)
@@ -398,9 +409,8 @@ def _object_spectrum(attenuation: np.ndarray, pixel_spacing_mm: tuple[float, flo
     core[pad + half.shape[0]:] = np.conj(half[grid_y // 2 - 1: grid_y // 2 - 1 - pad: -1][:, mirrored_cols])
     extended[:, :pad] = core[:, -pad:]
     extended[:, pad + grid_x:] = core[:, :pad]
-    row_mm, col_mm = pixel_spacing_mm
-    origin = ((width // 2 - (width - 1) / 2) * col_mm, (height // 2 - (height - 1) / 2) * row_mm)
-    return _ObjectSpectrum(extended, (grid_y, grid_x), pixel_spacing_mm, origin)
+    return _ObjectSpectrum(extended, (grid_y, grid_x), pixel_spacing_mm,
+                           _grid_origin_mm(attenuation.shape, pixel_spacing_mm))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -532,9 +542,7 @@ def _scan_lines(geometry: ScanGeometry) -> _ScanLines:
     angles = geometry.angles_rad
     base = geometry.views // 2 if geometry.scan_deg == 360.0 and geometry.views % 2 == 0 else geometry.views
     inside, flip, kx, ky = _line_frequencies(geometry, angles[:base])
-    height, width = geometry.shape
-    grid_shape = (_even_fast_len(_GRID_OVERSAMPLING * height), _even_fast_len(_GRID_OVERSAMPLING * width))
-    gridding = _gridding(grid_shape, geometry.pixel_spacing_mm, kx, ky)
+    gridding = _gridding(_grid_shape(geometry.shape), geometry.pixel_spacing_mm, kx, ky)
     for array in (inside, flip, gridding.rows, gridding.cols, gridding.weights):
         array.flags.writeable = False
     starts = np.concatenate([[0], np.cumsum(inside.sum(axis=1))])
@@ -594,7 +602,7 @@ def interpolated_sinogram(image_at: Callable[[int], np.ndarray], lower: np.ndarr
         above = spectrum_of(int(index) + 1) if upper_weight[views].any() else None
         lines[views] = scan_lines.lines(below, views, above, upper_weight[views])
         spectra.pop(int(index))
-    origin_x, origin_y = below.origin_mm
+    origin_x, origin_y = _grid_origin_mm(geometry.shape, geometry.pixel_spacing_mm)
     return _views_from_spectra(lines, geometry, origin_x * np.cos(angles) + origin_y * np.sin(angles))
 
 

@@ -384,8 +384,8 @@ def _smoothed(mask: np.ndarray, sigma_pixels: tuple[float, float]) -> np.ndarray
     """`mask` (bool [H, W]) blurred by a Gaussian of `sigma_pixels` (rows, columns) with zeros
     outside, float32. Wide Gaussians are computed on a grid coarser by a factor of a third of the
     smaller sigma (block means, their own spread taken off the coarse Gaussian) and interpolated back
-    linearly (extrapolated at the borders): within 0.01 of the exact filter (0.004-0.005 on phantom bodies) at a fraction of its
-    cost."""
+    linearly (extrapolated at the borders): within 0.01 of the exact filter (0.004-0.005 on phantom
+    bodies) at a fraction of its cost."""
     factor = max(1, int(min(sigma_pixels) // 3))
     if factor == 1:
         return ndimage.gaussian_filter(mask.astype(np.float32), sigma_pixels, mode="constant")
