@@ -52,6 +52,16 @@ from cli_shell.quiet import apply_quiet
 PERCEPTUAL_MODELS = ("paper", "deblurgan")
 
 
+def code_commit() -> str | None:
+    """The git commit of this checkout (`git describe --always --dirty`), or None outside git."""
+    try:
+        done = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                              cwd=os.path.dirname(os.path.abspath(__file__)), timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() or None
+
+
 def command(name: str) -> str:
     return os.path.join(os.path.dirname(sys.executable), name)
 
@@ -64,13 +74,15 @@ class Run:
     """The steps of one quality run, with their commands and wall-clock times.
 
     With `resume`, a step that finished in an earlier run of the same workdir with the same command
-    (WORKDIR/logs/<label>.done.json) is not run again: its recorded minutes count instead.
+    (WORKDIR/logs/<label>.done.json) is not run again: its recorded minutes count instead, and its
+    record (`steps`) says that it was reused and at which commit of this code it ran.
     """
 
     def __init__(self, workdir: str, resume: bool = False):
         self.workdir = workdir
         self.resume = resume
         self.steps: list[tuple[str, list[str], float]] = []
+        self.provenance: dict[str, dict] = {}
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.workdir, *parts)
@@ -85,7 +97,10 @@ class Run:
             return None
         with open(marker, encoding="utf-8") as handle:
             done = json.load(handle)
-        return done["minutes"] if done["command"] == argv else None
+        if done["command"] != argv:
+            return None
+        self.provenance[label] = {"reused": True, "commit": done.get("commit"), "finished": done.get("finished")}
+        return done["minutes"]
 
     def run(self, label: str, argv: list[str]) -> float:
         """Runs `argv` (its output to WORKDIR/logs/<label>.log); returns its wall-clock minutes."""
@@ -103,10 +118,18 @@ class Run:
         minutes = (time.monotonic() - began) / 60.0
         if done.returncode != 0:
             raise SystemExit(f"quality run: {label} failed (exit {done.returncode}); see {log}")
+        self.provenance[label] = {"reused": False, "commit": code_commit(),
+                                  "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         with open(self.path("logs", f"{label}.done.json"), "w", encoding="utf-8") as handle:
-            json.dump({"command": argv, "minutes": minutes}, handle)
+            json.dump({"command": argv, "minutes": minutes, "commit": self.provenance[label]["commit"],
+                       "finished": self.provenance[label]["finished"]}, handle)
         self.steps.append((label, argv, minutes))
         return minutes
+
+    def step_records(self) -> list[dict]:
+        """The steps for quality_run.json: label, command, minutes, and where each result came from."""
+        return [{"label": label, "command": shown(argv), "minutes": minutes, **self.provenance.get(label, {})}
+                for label, argv, minutes in self.steps]
 
 
 BEAM_LOCAL = ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]
@@ -246,7 +269,7 @@ def main() -> None:
     summary = {
         "default_run_minutes": default_minutes,
         "total_minutes": run.minutes(),
-        "steps": [{"label": label, "command": shown(argv), "minutes": minutes} for label, argv, minutes in run.steps],
+        "steps": run.step_records(),
         "models": {model: export_info(run, model) for model in compared},
         "skipped": skipped,
         "perceptual_weights": args.perceptual_weights,

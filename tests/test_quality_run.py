@@ -6,7 +6,7 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
-from quality_run import Run  # noqa: E402
+from quality_run import Run, code_commit  # noqa: E402
 
 
 def count_step(workdir: str, name: str) -> list[str]:
@@ -31,6 +31,13 @@ def test_resume_reuses_finished_steps_with_the_same_command_only(tmp_path):
     fresh = Run(workdir)
     fresh.run("a", count_step(workdir, "a"))
     assert open(os.path.join(workdir, "a")).read() == "ran\nran\n"
+
+    first_a, = [step for step in first.step_records() if step["label"] == "a"]
+    reused_a, changed_b = again.step_records()
+    assert first_a["reused"] is False and first_a["commit"] == code_commit() and first_a["finished"].endswith("Z")
+    assert reused_a["reused"] is True and reused_a["commit"] == first_a["commit"]
+    assert reused_a["finished"] == first_a["finished"]
+    assert changed_b["reused"] is False
 
 
 def test_a_failed_step_stops_the_run_and_is_not_marked_done(tmp_path):
@@ -67,3 +74,25 @@ def test_results_state_both_goals_and_the_cpu(tmp_path, real_ct_gain, verdict):
     assert f"changes PSNR by {real_ct_gain:+.2f} [{real_ct_gain - 1:+.2f}, {real_ct_gain + 1:+.2f}] dB" in text
     assert f"The goal (> 0 dB) is {verdict}." in text
     assert f"{os.cpu_count()} cores" in text.split("## What was trained")[0]
+    assert "Resumed run" not in text
+
+
+def test_results_say_which_steps_an_earlier_run_made(tmp_path):
+    import json
+
+    from quality_report import results_markdown
+
+    for test_set in ("kernel", "realct"):
+        (tmp_path / f"evaluation-{test_set}.json").write_text(json.dumps(evaluation(3.0, 2.0)))
+    steps = [{"label": "train-ours", "command": "ctdeblur-train ...", "minutes": 44.6, "reused": True,
+              "commit": "483e870", "finished": "2026-12-03T07:41:00Z"},
+             {"label": "evaluate-projection", "command": "ctdeblur-evaluate ...", "minutes": 0.5, "reused": False,
+              "commit": "5dc2344-dirty", "finished": "2026-12-03T16:20:00Z"}]
+    summary = {"models": {"ours": {"global_step": 10, "final_step": 10, "validation_delta_psnr_db": 1.0}},
+               "skipped": {}, "default_run_minutes": 45.1, "total_minutes": 45.1, "perceptual_weights": "none",
+               "real_ct_in_training": [], "steps": steps}
+    text = results_markdown(str(tmp_path), summary)
+    assert "Resumed run (`--resume`): 1 of its 2 steps were reused from an earlier run" in text
+    assert "(train-ours)" in text
+    assert "ctdeblur-train ...    # 44.6 min, reused from an earlier run at 483e870 on 2026-12-03" in text
+    assert "ctdeblur-evaluate ...    # 0.5 min, run at 5dc2344-dirty on 2026-12-03" in text
