@@ -28,8 +28,9 @@ On 2 CPU cores, in at most `--minutes` wall-clock minutes for the default run:
 as `ours` took (one after another, each alone on the machine) and evaluates all models together.
 `--resume` reuses every step that finished in an earlier run of the same workdir with the same
 command (so `--resume --compare pix2pix` adds pix2pix to a finished default run, and an interrupted
-run continues); budgets are computed from the steps' recorded minutes, so a resumed run asks the
-same of each step. `--results FILE` writes the Markdown summary (tables with patient-clustered bootstrap CIs, the
+run continues); the training budget is decided once per workdir and recorded
+(WORKDIR/logs/training-budget.json), so a resumed run asks the same of each step even when a step
+it re-runs (a removed dataset step's marker) takes another time. `--results FILE` writes the Markdown summary (tables with patient-clustered bootstrap CIs, the
 commands, the timings) to FILE, e.g. RESULTS.md.
 
 The perceptual term needs ImageNet VGG19 weights (`--perceptual_weights imagenet` or a file); this
@@ -125,6 +126,18 @@ class Run:
                        "finished": self.provenance[label]["finished"]}, handle)
         self.steps.append((label, argv, minutes))
         return minutes
+
+    def decided(self, name: str, value: float) -> float:
+        """`value`, recorded as WORKDIR/logs/<name>.json; a resumed run gets the recorded value back,
+        so a step re-run at another speed (a dataset) does not change what later steps are asked."""
+        record = self.path("logs", f"{name}.json")
+        if self.resume and os.path.exists(record):
+            with open(record, encoding="utf-8") as handle:
+                return json.load(handle)["value"]
+        os.makedirs(self.path("logs"), exist_ok=True)
+        with open(record, "w", encoding="utf-8") as handle:
+            json.dump({"value": value}, handle)
+        return value
 
     def step_records(self) -> list[dict]:
         """The steps for quality_run.json: label, command, minutes, and where each result came from."""
@@ -241,7 +254,7 @@ def main() -> None:
 
     for test_set in TEST_SETS:
         run.run(f"dataset-{test_set}", dataset_argv(args, run.path(f"data-{test_set}"), test_set))
-    training_minutes = round(args.minutes - args.evaluation_minutes - run.minutes(), 2)
+    training_minutes = run.decided("training-budget", round(args.minutes - args.evaluation_minutes - run.minutes(), 2))
     if training_minutes < 5:
         raise SystemExit(f"quality run: the datasets took {run.minutes():.1f} min, leaving "
                          f"{training_minutes:.1f} min to train; raise --minutes")

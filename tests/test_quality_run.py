@@ -40,6 +40,12 @@ def test_resume_reuses_finished_steps_with_the_same_command_only(tmp_path):
     assert changed_b["reused"] is False
 
 
+def test_a_resumed_run_gets_the_recorded_decision_back(tmp_path):
+    assert Run(str(tmp_path)).decided("training-budget", 44.43) == 44.43
+    assert Run(str(tmp_path), resume=True).decided("training-budget", 44.92) == 44.43
+    assert Run(str(tmp_path)).decided("training-budget", 44.92) == 44.92
+
+
 def test_a_failed_step_stops_the_run_and_is_not_marked_done(tmp_path):
     run = Run(str(tmp_path), resume=True)
     with pytest.raises(SystemExit, match="quality run: bad failed"):
