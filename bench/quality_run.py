@@ -75,8 +75,9 @@ class Run:
     """The steps of one quality run, with their commands and wall-clock times.
 
     With `resume`, a step that finished in an earlier run of the same workdir with the same command
-    (WORKDIR/logs/<label>.done.json) is not run again: its recorded minutes count instead, and its
-    record (`steps`) says that it was reused and at which commit of this code it ran.
+    (WORKDIR/logs/<label>.done.json), after every step whose results it reads, is not run again: its
+    recorded minutes count instead, and its record (`steps`) says that it was reused and at which
+    commit of this code it ran.
     """
 
     def __init__(self, workdir: str, resume: bool = False):
@@ -92,7 +93,7 @@ class Run:
         """Wall-clock minutes of the steps so far (recorded minutes for reused ones)."""
         return sum(minutes for _, _, minutes in self.steps)
 
-    def _reused(self, label: str, argv: list[str]) -> float | None:
+    def _reused(self, label: str, argv: list[str], inputs: tuple[str, ...]) -> float | None:
         marker = self.path("logs", f"{label}.done.json")
         if not (self.resume and os.path.exists(marker)):
             return None
@@ -100,14 +101,21 @@ class Run:
             done = json.load(handle)
         if done["command"] != argv:
             return None
-        self.provenance[label] = {"reused": True, "commit": done.get("commit"), "finished": done.get("finished")}
+        finished = done.get("finished")
+        for step in inputs:
+            made = self.provenance.get(step, {}).get("finished")
+            if finished and made and made > finished:
+                return None
+        self.provenance[label] = {"reused": True, "commit": done.get("commit"), "finished": finished}
         return done["minutes"]
 
-    def run(self, label: str, argv: list[str]) -> float:
-        """Runs `argv` (its output to WORKDIR/logs/<label>.log); returns its wall-clock minutes."""
+    def run(self, label: str, argv: list[str], inputs: tuple[str, ...] = ()) -> float:
+        """Runs `argv` (its output to WORKDIR/logs/<label>.log); returns its wall-clock minutes.
+        `inputs` are the labels of the earlier steps whose results it reads: a step made after its
+        own result (re-run since) makes it run again when resumed."""
         os.makedirs(self.path("logs"), exist_ok=True)
         log = self.path("logs", f"{label}.log")
-        minutes = self._reused(label, argv)
+        minutes = self._reused(label, argv, inputs)
         if minutes is not None:
             print(f"[{self.minutes():5.1f} min] {label}: done in an earlier run ({minutes:.1f} min), reused", flush=True)
             self.steps.append((label, argv, minutes))
@@ -258,9 +266,10 @@ def main() -> None:
     if training_minutes < 5:
         raise SystemExit(f"quality run: the datasets took {run.minutes():.1f} min, leaving "
                          f"{training_minutes:.1f} min to train; raise --minutes")
-    ours_minutes = run.run("train-ours", train_argv(args, run, "ours", training_minutes))
+    ours_minutes = run.run("train-ours", train_argv(args, run, "ours", training_minutes), inputs=("dataset-kernel",))
     for test_set in TEST_SETS:
-        run.run(f"evaluate-{test_set}", evaluate_argv(run, ["ours"], test_set))
+        run.run(f"evaluate-{test_set}", evaluate_argv(run, ["ours"], test_set),
+                inputs=(f"dataset-{test_set}", "dataset-kernel", "train-ours"))
     default_minutes = run.minutes()
 
     skipped = {}
@@ -271,13 +280,15 @@ def main() -> None:
                               f"weights (--perceptual_weights imagenet or a file); random-init features are never "
                               f"used for a reported figure")
             continue
-        run.run(f"train-{model}", train_argv(args, run, model, round(ours_minutes, 2)))
+        run.run(f"train-{model}", train_argv(args, run, model, round(ours_minutes, 2)), inputs=("dataset-kernel",))
         compared.append(model)
     if len(compared) > 1:
         for test_set in TEST_SETS:
-            run.run(f"evaluate-{test_set}-all", evaluate_argv(run, compared, test_set))
+            run.run(f"evaluate-{test_set}-all", evaluate_argv(run, compared, test_set),
+                    inputs=(f"dataset-{test_set}", "dataset-kernel", *(f"train-{model}" for model in compared)))
     for test_set in SHARP_INPUT_SETS:
-        run.run(f"sharp-input-{test_set}", sharp_input_argv(run, compared, test_set))
+        run.run(f"sharp-input-{test_set}", sharp_input_argv(run, compared, test_set),
+                inputs=(f"dataset-{test_set}", *(f"train-{model}" for model in compared)))
 
     summary = {
         "default_run_minutes": default_minutes,

@@ -2,6 +2,7 @@
 
 import os
 import sys
+import time
 
 import pytest
 
@@ -38,6 +39,29 @@ def test_resume_reuses_finished_steps_with_the_same_command_only(tmp_path):
     assert reused_a["reused"] is True and reused_a["commit"] == first_a["commit"]
     assert reused_a["finished"] == first_a["finished"]
     assert changed_b["reused"] is False
+
+
+def test_a_step_whose_input_was_made_again_runs_again(tmp_path):
+    workdir = str(tmp_path)
+    first = Run(workdir)
+    first.run("data", count_step(workdir, "data"))
+    first.run("train", count_step(workdir, "train"), inputs=("data",))
+    first.run("other", count_step(workdir, "other"))
+    os.remove(tmp_path / "logs" / "data.done.json")
+    time.sleep(1.1)
+
+    again = Run(workdir, resume=True)
+    again.run("data", count_step(workdir, "data"))
+    again.run("train", count_step(workdir, "train"), inputs=("data",))
+    again.run("other", count_step(workdir, "other"), inputs=("train-never-run",))
+    assert open(os.path.join(workdir, "data")).read() == "ran\nran\n"
+    assert open(os.path.join(workdir, "train")).read() == "ran\nran\n"
+    assert open(os.path.join(workdir, "other")).read() == "ran\n"
+
+    third = Run(workdir, resume=True)
+    third.run("data", count_step(workdir, "data"))
+    third.run("train", count_step(workdir, "train"), inputs=("data",))
+    assert open(os.path.join(workdir, "train")).read() == "ran\nran\n"
 
 
 def test_a_resumed_run_gets_the_recorded_decision_back(tmp_path):
