@@ -120,7 +120,11 @@ class TrainConfig:
         0.0, "ours/deblurgan: weight of the pixel content term, Charbonnier sqrt(d^2 + eps^2) of restored - sharp in "
         "network units, against the adversarial loss; 0 = none (the paper)",
     )
-    charbonnier_epsilon_hu: float = _field(1.0, "eps of the Charbonnier pixel term, in HU")
+    pixel_loss: str = _field(
+        "charbonnier", "the pixel content term: charbonnier (per pixel, a smooth l1) or log_mse (per crop, "
+        "10 log10(MSE + eps^2): -PSNR, every crop's relative error alike)", choices=("charbonnier", "log_mse"),
+    )
+    charbonnier_epsilon_hu: float = _field(1.0, "eps of the Charbonnier pixel term (and the floor of log_mse), in HU")
     adversarial_weight: float = _field(1.0, "weight of the adversarial term in the generator loss (the paper: 1)")
     adversarial_gradient_share: float = _field(
         0.0, "if > 0: the adversarial weight is set every step so that its gradient on the generator's last layer "

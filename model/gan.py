@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from model.losses import (
     charbonnier_loss,
+    log_mse_loss,
     critic_wasserstein_loss,
     discriminator_bce_loss,
     generator_adversarial_loss,
@@ -139,8 +140,9 @@ class DeblurWGAN(ConditionalGAN):
     features: frozen VGG19 sub-model for the perceptual term (VGG input `[B, H, W, 3]`), or None
     for no perceptual term. critic_steps: critic updates per generator update (5). gp_weight:
     alpha (10). perceptual_weight: lambda. perceptual_distance: "l1" (paper) or "l2" (DeblurGAN).
-    perceptual_window: the network-range window shown to VGG. pixel_weight: weight of the
-    Charbonnier pixel term (epsilon in network units). adversarial_weight: weight of the
+    perceptual_window: the network-range window shown to VGG. pixel_weight: weight of the pixel
+    term, `pixel_loss` "charbonnier" (per pixel, epsilon in network units) or "log_mse" (per crop,
+    epsilon its floor). adversarial_weight: weight of the
     adversarial term (0 and no share: no critic at all). adversarial_share / perceptual_share: if
     > 0, those terms' weights are set each step to this fraction of the weighted pixel term's
     gradient norm on the generator's last layer over their own. seed: seed of the penalty's interpolation
@@ -160,6 +162,7 @@ class DeblurWGAN(ConditionalGAN):
         perceptual_window: tuple[float, float] = (-1.0, 1.0),
         pixel_weight: float = 0.0,
         charbonnier_epsilon: float = 1e-3,
+        pixel_loss: str = "charbonnier",
         adversarial_weight: float = 1.0,
         adversarial_share: float = 0.0,
         perceptual_share: float = 0.0,
@@ -174,6 +177,7 @@ class DeblurWGAN(ConditionalGAN):
         self.perceptual_window = perceptual_window
         self.pixel_weight = pixel_weight
         self.charbonnier_epsilon = charbonnier_epsilon
+        self.pixel_loss = {"charbonnier": charbonnier_loss, "log_mse": log_mse_loss}[pixel_loss]
         self.adversarial_weight = adversarial_weight
         self.adversarial_share = adversarial_share
         self.perceptual_share = perceptual_share if features is not None else 0.0
@@ -187,10 +191,10 @@ class DeblurWGAN(ConditionalGAN):
         return {"interpolation_seed": self.interpolation_seed.state}
 
     def content_losses(self, restored: tf.Tensor, sharp: tf.Tensor) -> dict[str, tf.Tensor]:
-        """"generator/pixel" (Charbonnier) and "generator/perceptual" (VGG19), those in use."""
+        """"generator/pixel" (Charbonnier, or log MSE per crop) and "generator/perceptual" (VGG19), those in use."""
         losses = {}
         if self.pixel_weight:
-            losses["generator/pixel"] = charbonnier_loss(restored, sharp, self.charbonnier_epsilon)
+            losses["generator/pixel"] = self.pixel_loss(restored, sharp, self.charbonnier_epsilon)
         if self.features is not None:
             losses["generator/perceptual"] = perceptual_loss(
                 self.features, restored, sharp, self.perceptual_distance, self.perceptual_window)

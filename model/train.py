@@ -120,6 +120,7 @@ def build_model(config: TrainConfig, vgg: keras.Model | None, total_steps: int =
             perceptual_window=network_window(config.perceptual_window_hu, config.hu_window),
             pixel_weight=config.pixel_weight,
             charbonnier_epsilon=2.0 * config.charbonnier_epsilon_hu / (hu_high - hu_low),
+            pixel_loss=config.pixel_loss,
             adversarial_weight=config.adversarial_weight,
             adversarial_share=config.adversarial_gradient_share,
             perceptual_share=config.perceptual_gradient_share,
@@ -541,7 +542,9 @@ def print_start(training: Training) -> None:
                          f"{config.critic_norm} norm in the critic)" if config.adversarial else "no critic"))
         terms = []
         if config.pixel_weight:
-            terms.append(f"{config.pixel_weight:g} x pixel Charbonnier (eps {config.charbonnier_epsilon_hu:g} HU)")
+            terms.append(f"{config.pixel_weight:g} x pixel Charbonnier (eps {config.charbonnier_epsilon_hu:g} HU)"
+                         if config.pixel_loss == "charbonnier" else
+                         f"{config.pixel_weight:g} x log MSE per crop (floor {config.charbonnier_epsilon_hu:g} HU)")
         if config.perceptual:
             weight = (f"{config.perceptual_gradient_share:g} of the pixel gradient" if config.perceptual_gradient_share
                       else f"{config.perceptual_weight:g}")

@@ -140,6 +140,22 @@ def test_optimizers_follow_the_schedule_over_all_steps_and_critic_updates():
 # --- loss terms ---------------------------------------------------------------------------------
 
 
+def test_log_mse_loss_is_minus_psnr_per_crop_and_weighs_crops_by_their_error():
+    from model.losses import log_mse_loss
+
+    crops = tf.constant([[1.0, -1.0, 1.0, -1.0], [3.0, 3.0, -3.0, -3.0]], shape=(2, 2, 2, 1))
+    zeros = tf.zeros_like(crops)
+    expected = (10 * math.log10(1.0 + 0.01) + 10 * math.log10(9.0 + 0.01)) / 2
+    assert float(log_mse_loss(crops, zeros, 0.1)) == pytest.approx(expected, rel=1e-6)
+    assert float(log_mse_loss(zeros, zeros, 0.1)) == pytest.approx(10 * math.log10(0.01), rel=1e-6)
+    with tf.GradientTape() as tape:
+        tape.watch(crops)
+        loss = log_mse_loss(crops, zeros, 1e-6)
+    gradient = tape.gradient(loss, crops).numpy()
+    # d/dx of 10 log10(mean x^2) = 20 x / (n mse ln 10): the same step for the same relative error
+    assert np.allclose(np.abs(gradient[0]) * 1.0, np.abs(gradient[1]) * 3.0, rtol=1e-4)
+
+
 def test_charbonnier_loss_on_known_tensors():
     sharp = tf.constant([[0.0, 3.0], [-4.0, 0.5]], shape=(1, 2, 2, 1))
     restored = tf.zeros((1, 2, 2, 1))
