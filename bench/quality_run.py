@@ -28,9 +28,11 @@ On 2 CPU cores, in at most `--minutes` wall-clock minutes for the default run:
 as `ours` took (one after another, each alone on the machine) and evaluates all models together.
 `--resume` reuses every step that finished in an earlier run of the same workdir with the same
 command (so `--resume --compare pix2pix` adds pix2pix to a finished default run, and an interrupted
-run continues); the training budget is decided once per workdir and recorded
-(WORKDIR/logs/training-budget.json), so a resumed run asks the same of each step even when a step
-it re-runs (a removed dataset step's marker) takes another time. `--results FILE` writes the Markdown summary (tables with patient-clustered bootstrap CIs, the
+run continues); the training budgets are decided once per workdir and recorded
+(WORKDIR/logs/training-budget.json, compare-budget.json), so a resumed run asks the same of each
+step even when a step it re-runs (one whose marker was removed) takes another time. A training step
+run again continues from the checkpoints in its logdir (WORKDIR/logs-MODEL): remove that directory
+to train afresh. `--results FILE` writes the Markdown summary (tables with patient-clustered bootstrap CIs, the
 commands, the timings) to FILE, e.g. RESULTS.md.
 
 The perceptual term needs ImageNet VGG19 weights (`--perceptual_weights imagenet` or a file); this
@@ -267,6 +269,7 @@ def main() -> None:
         raise SystemExit(f"quality run: the datasets took {run.minutes():.1f} min, leaving "
                          f"{training_minutes:.1f} min to train; raise --minutes")
     ours_minutes = run.run("train-ours", train_argv(args, run, "ours", training_minutes), inputs=("dataset-kernel",))
+    compare_minutes = run.decided("compare-budget", round(ours_minutes, 2))
     for test_set in TEST_SETS:
         run.run(f"evaluate-{test_set}", evaluate_argv(run, ["ours"], test_set),
                 inputs=(f"dataset-{test_set}", "dataset-kernel", "train-ours"))
@@ -280,7 +283,7 @@ def main() -> None:
                               f"weights (--perceptual_weights imagenet or a file); random-init features are never "
                               f"used for a reported figure")
             continue
-        run.run(f"train-{model}", train_argv(args, run, model, round(ours_minutes, 2)), inputs=("dataset-kernel",))
+        run.run(f"train-{model}", train_argv(args, run, model, compare_minutes), inputs=("dataset-kernel",))
         compared.append(model)
     if len(compared) > 1:
         for test_set in TEST_SETS:

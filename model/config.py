@@ -121,8 +121,9 @@ class TrainConfig:
         "network units, against the adversarial loss; 0 = none (the paper)",
     )
     pixel_loss: str = _field(
-        "charbonnier", "the pixel content term: charbonnier (per pixel, a smooth l1) or log_mse (per crop, "
-        "10 log10(MSE + eps^2): -PSNR, every crop's relative error alike)", choices=("charbonnier", "log_mse"),
+        "charbonnier", "the pixel content term: charbonnier (per pixel, a smooth l1), log_mse (per crop, "
+        "10 log10(MSE + eps^2): -PSNR, every crop's relative error alike) or rmse (per crop, sqrt(MSE + eps^2))",
+        choices=("charbonnier", "log_mse", "rmse"),
     )
     charbonnier_epsilon_hu: float = _field(1.0, "eps of the Charbonnier pixel term (and the floor of log_mse), in HU")
     adversarial_weight: float = _field(1.0, "weight of the adversarial term in the generator loss (the paper: 1)")

@@ -23,6 +23,7 @@ import tensorflow as tf
 from model.losses import (
     charbonnier_loss,
     log_mse_loss,
+    rmse_loss,
     critic_wasserstein_loss,
     discriminator_bce_loss,
     generator_adversarial_loss,
@@ -141,8 +142,8 @@ class DeblurWGAN(ConditionalGAN):
     for no perceptual term. critic_steps: critic updates per generator update (5). gp_weight:
     alpha (10). perceptual_weight: lambda. perceptual_distance: "l1" (paper) or "l2" (DeblurGAN).
     perceptual_window: the network-range window shown to VGG. pixel_weight: weight of the pixel
-    term, `pixel_loss` "charbonnier" (per pixel, epsilon in network units) or "log_mse" (per crop,
-    epsilon its floor). adversarial_weight: weight of the
+    term, `pixel_loss` "charbonnier" (per pixel, epsilon in network units), "log_mse" or "rmse" (per
+    crop, epsilon their floor). adversarial_weight: weight of the
     adversarial term (0 and no share: no critic at all). adversarial_share / perceptual_share: if
     > 0, those terms' weights are set each step to this fraction of the weighted pixel term's
     gradient norm on the generator's last layer over their own. seed: seed of the penalty's interpolation
@@ -177,7 +178,7 @@ class DeblurWGAN(ConditionalGAN):
         self.perceptual_window = perceptual_window
         self.pixel_weight = pixel_weight
         self.charbonnier_epsilon = charbonnier_epsilon
-        self.pixel_loss = {"charbonnier": charbonnier_loss, "log_mse": log_mse_loss}[pixel_loss]
+        self.pixel_loss = {"charbonnier": charbonnier_loss, "log_mse": log_mse_loss, "rmse": rmse_loss}[pixel_loss]
         self.adversarial_weight = adversarial_weight
         self.adversarial_share = adversarial_share
         self.perceptual_share = perceptual_share if features is not None else 0.0

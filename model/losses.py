@@ -118,6 +118,15 @@ def log_mse_loss(restored: tf.Tensor, sharp: tf.Tensor, epsilon: float) -> tf.Te
     return tf.reduce_mean(10.0 * tf.math.log(mse + epsilon * epsilon)) / tf.math.log(10.0)
 
 
+def rmse_loss(restored: tf.Tensor, sharp: tf.Tensor, epsilon: float) -> tf.Tensor:
+    """Mean over the batch of sqrt(MSE + epsilon^2), MSE of each `[H, W, C]` crop of restored -
+    sharp (network units): between a pooled MSE and `log_mse_loss`, a crop's gradient weighs
+    1 / its RMSE."""
+    diff = tf.cast(restored, tf.float32) - tf.cast(sharp, tf.float32)
+    mse = tf.reduce_mean(tf.square(diff), axis=[1, 2, 3])
+    return tf.reduce_mean(tf.sqrt(mse + epsilon * epsilon))
+
+
 def _bce_with_logits(logits: tf.Tensor, label: float) -> tf.Tensor:
     """Mean binary cross entropy of patch logits against one label (1 real, 0 fake)."""
     logits = tf.cast(logits, tf.float32)

@@ -544,7 +544,8 @@ def print_start(training: Training) -> None:
         if config.pixel_weight:
             terms.append(f"{config.pixel_weight:g} x pixel Charbonnier (eps {config.charbonnier_epsilon_hu:g} HU)"
                          if config.pixel_loss == "charbonnier" else
-                         f"{config.pixel_weight:g} x log MSE per crop (floor {config.charbonnier_epsilon_hu:g} HU)")
+                         f"{config.pixel_weight:g} x {'log MSE' if config.pixel_loss == 'log_mse' else 'RMSE'} per crop "
+                         f"(floor {config.charbonnier_epsilon_hu:g} HU)")
         if config.perceptual:
             weight = (f"{config.perceptual_gradient_share:g} of the pixel gradient" if config.perceptual_gradient_share
                       else f"{config.perceptual_weight:g}")

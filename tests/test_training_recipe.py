@@ -156,6 +156,15 @@ def test_log_mse_loss_is_minus_psnr_per_crop_and_weighs_crops_by_their_error():
     assert np.allclose(np.abs(gradient[0]) * 1.0, np.abs(gradient[1]) * 3.0, rtol=1e-4)
 
 
+def test_rmse_loss_is_the_mean_of_each_crops_rms_error():
+    from model.losses import rmse_loss
+
+    crops = tf.constant([[1.0, -1.0, 1.0, -1.0], [3.0, 3.0, -3.0, -3.0]], shape=(2, 2, 2, 1))
+    zeros = tf.zeros_like(crops)
+    assert float(rmse_loss(crops, zeros, 0.0)) == pytest.approx((1.0 + 3.0) / 2, rel=1e-6)
+    assert float(rmse_loss(zeros, zeros, 0.5)) == pytest.approx(0.5, rel=1e-6)
+
+
 def test_charbonnier_loss_on_known_tensors():
     sharp = tf.constant([[0.0, 3.0], [-4.0, 0.5]], shape=(1, 2, 2, 1))
     restored = tf.zeros((1, 2, 2, 1))
