@@ -3,8 +3,7 @@
 Shards are read with `tf.data.TFRecordDataset` and parsed with the schema's
 `parse_pair_tensors`; every record is measured inside the tf.data map (in parallel, no Python
 per pixel): scalars, PSNR's squared-error sum and SSIM come back to Python with the decoded
-images, whose exact HU histograms numpy counts in a background thread (`_Histograms`) while the
-reading loop takes the next records and the map measures those after them.
+images, whose exact HU histograms numpy counts while the map measures the next records.
 """
 
 from __future__ import annotations
@@ -15,8 +14,6 @@ import hashlib
 import json
 import posixpath
 import re
-import threading
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -266,53 +263,13 @@ def measured_records(root: str, shards: Sequence[Shard], config: StatsConfig) ->
     return measured.prefetch(tf.data.AUTOTUNE)
 
 
-MAX_PENDING_HISTOGRAMS = 64
-"""Pairs of images at most waiting for their HU histograms (~1 MB each at 512x512)."""
-
-
-class _Histograms:
-    """Counts the exact HU histograms of measured pairs in one background thread: numpy's bincount
-    releases the GIL while it counts, so the reading loop goes on meanwhile. One thread keeps the
-    counts of a shard in order; `wait` returns when every submitted pair is counted."""
+class _ShardRows:
+    """Collects the measurements of one shard's records as they arrive."""
 
     def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hu-histograms")
-        self._slots = threading.BoundedSemaphore(MAX_PENDING_HISTOGRAMS)
-        self._pending: list[Future] = []
-
-    def __enter__(self) -> "_Histograms":
-        return self
-
-    def __exit__(self, *_) -> None:
-        self._pool.shutdown(wait=True)
-
-    def add(self, rows: "_ShardRows", sharp_hu: np.ndarray, blurry_hu: np.ndarray) -> None:
-        self._slots.acquire()
-        self._pending.append(self._pool.submit(self._count, rows, sharp_hu, blurry_hu))
-
-    def _count(self, rows: "_ShardRows", sharp_hu: np.ndarray, blurry_hu: np.ndarray) -> None:
-        try:
-            rows.sharp_histogram += hu_histogram(sharp_hu)
-            rows.blurry_histogram += hu_histogram(blurry_hu)
-        finally:
-            self._slots.release()
-
-    def wait(self) -> None:
-        """Returns when all pairs submitted so far are counted (raises what counting raised)."""
-        pending, self._pending = self._pending, []
-        for future in pending:
-            future.result()
-
-
-class _ShardRows:
-    """Collects the measurements of one shard's records as they arrive (its histograms through
-    `histograms`, complete after `histograms.wait()`)."""
-
-    def __init__(self, histograms: _Histograms) -> None:
         self.rows: dict[str, list] = {name: [] for name in COLUMNS}
         self.sharp_histogram = np.zeros(HU_BINS, np.int64)
         self.blurry_histogram = np.zeros(HU_BINS, np.int64)
-        self._histograms = histograms
         self._strings: dict[bytes, str] = {}
 
     def add(self, index: int, measured: dict[str, tf.Tensor]) -> None:
@@ -328,10 +285,10 @@ class _ShardRows:
             rows[name].append(float(measured[name]))
         rows["image_measured"].append(bool(measured["image_measured"]))
         if rows["image_measured"][-1]:
-            self._histograms.add(self, measured["sharp_hu"].numpy(), measured["blurry_hu"].numpy())
+            self.sharp_histogram += hu_histogram(measured["sharp_hu"].numpy())
+            self.blurry_histogram += hu_histogram(measured["blurry_hu"].numpy())
 
     def result(self, shard: Shard, found: Sequence[Problem] = (), complete: bool = True) -> ShardResult:
-        self._histograms.wait()
         measurements = Measurements.from_rows(self.rows, self.sharp_histogram, self.blurry_histogram)
         return ShardResult(shard, measurements, tuple(found), complete)
 
@@ -346,19 +303,7 @@ def read_dataset(
     by one with `read_shard`, which names each bad record. `on_record` is called once per record
     of the first pass (for progress bars).
     """
-    with _Histograms() as histograms:
-        collected = [_ShardRows(histograms) for _ in shards]
-        suspects = _read_all(root, shards, config, collected, on_record)
-    return [
-        read_shard(root, shard, config) if number in suspects else collected[number].result(shard)
-        for number, shard in enumerate(shards)
-    ]
-
-
-def _read_all(root: str, shards: Sequence[Shard], config: StatsConfig, collected: list[_ShardRows],
-              on_record: Callable[[], None]) -> set[int]:
-    """The first pass of `read_dataset`: every record into `collected`; returns the numbers of the
-    shards near a read error."""
+    collected = [_ShardRows() for _ in shards]
     suspects: set[int] = set()
     last_good = 0
     error_after: int | None = None
@@ -380,7 +325,10 @@ def _read_all(root: str, shards: Sequence[Shard], config: StatsConfig, collected
         collected[last_good].add(int(index), measured)
     if error_after is not None:
         suspects.update(range(error_after, len(shards)))
-    return suspects
+    return [
+        read_shard(root, shard, config) if number in suspects else collected[number].result(shard)
+        for number, shard in enumerate(shards)
+    ]
 
 
 def _tf_message(error: tf.errors.OpError) -> str:
@@ -416,13 +364,8 @@ def read_shard(root: str, shard: Shard, config: StatsConfig) -> ShardResult:
     other read error (CRC, truncation, gzip stream, file access) ends the shard, as TFRecord
     framing cannot be resynchronised.
     """
-    with _Histograms() as histograms:
-        return _read_one(root, shard, config, _ShardRows(histograms))
-
-
-def _read_one(root: str, shard: Shard, config: StatsConfig, collected: _ShardRows) -> ShardResult:
-    """`read_shard` into `collected`."""
     path = posixpath.join(root, shard.relative)
+    collected = _ShardRows()
     found: list[Problem] = []
     decode_errors = 0
     next_index = 0
