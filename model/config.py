@@ -125,7 +125,7 @@ class TrainConfig:
         "10 log10(MSE + eps^2): -PSNR, every crop's relative error alike) or rmse (per crop, sqrt(MSE + eps^2))",
         choices=("charbonnier", "log_mse", "rmse"),
     )
-    charbonnier_epsilon_hu: float = _field(1.0, "eps of the Charbonnier pixel term (and the floor of log_mse), in HU")
+    charbonnier_epsilon_hu: float = _field(1.0, "eps of the Charbonnier pixel term (and the floor of log_mse and rmse), in HU")
     adversarial_weight: float = _field(1.0, "weight of the adversarial term in the generator loss (the paper: 1)")
     adversarial_gradient_share: float = _field(
         0.0, "if > 0: the adversarial weight is set every step so that its gradient on the generator's last layer "

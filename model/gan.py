@@ -192,7 +192,7 @@ class DeblurWGAN(ConditionalGAN):
         return {"interpolation_seed": self.interpolation_seed.state}
 
     def content_losses(self, restored: tf.Tensor, sharp: tf.Tensor) -> dict[str, tf.Tensor]:
-        """"generator/pixel" (Charbonnier, or log MSE per crop) and "generator/perceptual" (VGG19), those in use."""
+        """"generator/pixel" (the `pixel_loss` term) and "generator/perceptual" (VGG19), those in use."""
         losses = {}
         if self.pixel_weight:
             losses["generator/pixel"] = self.pixel_loss(restored, sharp, self.charbonnier_epsilon)
