@@ -21,9 +21,7 @@ import keras
 import tensorflow as tf
 
 from model.losses import (
-    charbonnier_loss,
-    log_mse_loss,
-    rmse_loss,
+    PIXEL_LOSSES,
     critic_wasserstein_loss,
     discriminator_bce_loss,
     generator_adversarial_loss,
@@ -178,7 +176,7 @@ class DeblurWGAN(ConditionalGAN):
         self.perceptual_window = perceptual_window
         self.pixel_weight = pixel_weight
         self.charbonnier_epsilon = charbonnier_epsilon
-        self.pixel_loss = {"charbonnier": charbonnier_loss, "log_mse": log_mse_loss, "rmse": rmse_loss}[pixel_loss]
+        self.pixel_loss = PIXEL_LOSSES[pixel_loss]
         self.adversarial_weight = adversarial_weight
         self.adversarial_share = adversarial_share
         self.perceptual_share = perceptual_share if features is not None else 0.0

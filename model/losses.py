@@ -108,23 +108,34 @@ def charbonnier_loss(restored: tf.Tensor, sharp: tf.Tensor, epsilon: float) -> t
     return tf.reduce_mean(tf.sqrt(tf.square(diff) + epsilon * epsilon) - epsilon)
 
 
+def _crop_mse(restored: tf.Tensor, sharp: tf.Tensor) -> tf.Tensor:
+    """Mean squared difference of each `[H, W, C]` crop of a batch, `[B]` (network units)."""
+    diff = tf.cast(restored, tf.float32) - tf.cast(sharp, tf.float32)
+    return tf.reduce_mean(tf.square(diff), axis=[1, 2, 3])
+
+
 def log_mse_loss(restored: tf.Tensor, sharp: tf.Tensor, epsilon: float) -> tf.Tensor:
     """Mean over the batch of 10 log10(MSE + epsilon^2), MSE of each `[H, W, C]` crop of
     restored - sharp (network units): -PSNR up to a constant, so every crop's relative error counts
     alike (a crop's gradient weighs 1 / its MSE), as in the mean PSNR gain the evaluation reports:
     mildly blurred crops, with little to gain and much to lose, count as much as strongly blurred ones."""
-    diff = tf.cast(restored, tf.float32) - tf.cast(sharp, tf.float32)
-    mse = tf.reduce_mean(tf.square(diff), axis=[1, 2, 3])
-    return tf.reduce_mean(10.0 * tf.math.log(mse + epsilon * epsilon)) / tf.math.log(10.0)
+    return tf.reduce_mean(10.0 * tf.math.log(_crop_mse(restored, sharp) + epsilon * epsilon)) / tf.math.log(10.0)
 
 
 def rmse_loss(restored: tf.Tensor, sharp: tf.Tensor, epsilon: float) -> tf.Tensor:
     """Mean over the batch of sqrt(MSE + epsilon^2), MSE of each `[H, W, C]` crop of restored -
     sharp (network units): between a pooled MSE and `log_mse_loss`, a crop's gradient weighs
     1 / its RMSE."""
-    diff = tf.cast(restored, tf.float32) - tf.cast(sharp, tf.float32)
-    mse = tf.reduce_mean(tf.square(diff), axis=[1, 2, 3])
-    return tf.reduce_mean(tf.sqrt(mse + epsilon * epsilon))
+    return tf.reduce_mean(tf.sqrt(_crop_mse(restored, sharp) + epsilon * epsilon))
+
+
+PIXEL_LOSSES: dict[str, Callable[[tf.Tensor, tf.Tensor, float], tf.Tensor]] = {
+    "charbonnier": charbonnier_loss,
+    "log_mse": log_mse_loss,
+    "rmse": rmse_loss,
+}
+"""The pixel content terms of `ours`/`deblurgan` by `TrainConfig.pixel_loss` name: (restored,
+sharp, epsilon in network units) -> scalar."""
 
 
 def _bce_with_logits(logits: tf.Tensor, label: float) -> tf.Tensor:
