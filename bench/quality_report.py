@@ -97,7 +97,20 @@ def _real_ct_line(workdir: str, compared: bool) -> list[str]:
     met = full["mean"] > 0
     return ["", f"**On real CT (pydicom's CT slices blurred by kernels of the same family, the real-CT test split) "
                 f"`ours` changes PSNR by {_interval(full, 2, True)} dB** (inside the body {_interval(body, 2, True)} dB). "
-                f"The goal (> 0 dB) is {'met' if met else 'NOT met'}."]
+                f"The goal (> 0 dB) is {'met' if met else 'NOT met'}.{_refused_line(workdir)}"]
+
+
+def _refused_line(workdir: str) -> str:
+    """The slices the real-CT dataset refused, by reason (its manifest), as a sentence; "" if none."""
+    path = os.path.join(workdir, "data-realct", "manifest.json")
+    if not os.path.exists(path):
+        return ""
+    with open(path, encoding="utf-8") as handle:
+        rejected = json.load(handle).get("rejected") or {}
+    if not rejected:
+        return ""
+    counts = ", ".join(f"{count} {reason}" for reason, count in sorted(rejected.items()))
+    return f" The real-CT dataset refused {counts} (its dead_letter.jsonl says which and why)."
 
 
 def _provenance(step: dict[str, Any]) -> str:

@@ -11,9 +11,11 @@ On 2 CPU cores, in at most `--minutes` wall-clock minutes for the default run:
 2. A projection-blur dataset of the same patients and seed (its test split holds the same
    patients): the CT-physics motion the model was not trained on. Only its test split is used,
    so its train splits are kept to a minimum.
-3. A real-CT dataset: pydicom's three CT slices (three scanners and patients), 8 kernels each;
-   its test split is real CT that the quality model never trained on when the kernel dataset put
-   those patients in its test split (the summary says where they went).
+3. A real-CT dataset: pydicom's CT slices (three scanners and patients), 8 kernels each; the
+   pipeline refuses 693_J2KI.dcm, compressed lossily at 338:1 (`--max_lossy_ratio`), so one
+   patient is the test split and one the train split; the test split is real CT that the quality
+   model never trained on when the kernel dataset put that patient in its test split (the summary
+   says where they went).
 4. `ctdeblur-train --model ours --preset small`, with `--time_budget_minutes` set to what is left
    of the budget after the evaluation's share and enough epochs (`TRAIN_EPOCHS`) that the budget,
    not the epoch count, ends training on any CPU: each of the 7 sub-datasets gets an equal share of
@@ -158,6 +160,9 @@ class Run:
 BEAM_LOCAL = ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]
 TEST_SETS = ("kernel", "projection", "realct")
 REALCT_KERNELS = 8
+REALCT_SLICES = 2
+"""pydicom's CT slices that are sharp references: CT_small.dcm and J2K_pixelrep_mismatch.dcm (the
+third, 693_J2KI.dcm, is refused as lossy_compressed)."""
 
 
 def dataset_argv(args: argparse.Namespace, output: str, test_set: str) -> list[str]:
@@ -165,7 +170,7 @@ def dataset_argv(args: argparse.Namespace, output: str, test_set: str) -> list[s
     if test_set == "realct":
         return [command("ctdeblur-make-dataset"), "--preset", "demo", "--source", "pydicom-samples",
                 "--seed", str(args.seed), "--kernels_per_slice", str(REALCT_KERNELS),
-                "--target_pairs", str(3 * REALCT_KERNELS), "--test_pairs", str(2 * REALCT_KERNELS),
+                "--target_pairs", str(REALCT_SLICES * REALCT_KERNELS), "--test_pairs", str(REALCT_KERNELS),
                 "--validation_pairs", "0", "--subdatasets", "1", "--output", output, "--overwrite", *BEAM_LOCAL]
     kernel = test_set == "kernel"
     pairs = args.pairs if kernel else args.test_pairs + 7 * args.kernels

@@ -26,7 +26,12 @@ from pydicom.uid import (
     EnhancedCTImageStorage,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
+    HTJ2K,
+    JPEG2000,
     ImplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLSNearLossless,
     LegacyConvertedEnhancedCTImageStorage,
     MediaStorageDirectoryStorage,
 )
@@ -38,6 +43,9 @@ from ct_io.series import Frame
 CT_MODALITY = "CT"
 CT_SOP_CLASSES = frozenset({CTImageStorage, EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage})
 MULTIFRAME_CT_SOP_CLASSES = frozenset({EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage})
+LOSSY_CAPABLE_TRANSFER_SYNTAXES = frozenset({JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSNearLossless, JPEG2000, HTJ2K})
+"""Compressed transfer syntaxes whose data may have lost information (the lossless-only ones, RLE
+and JPEG 2000 / HTJ2K Lossless, are not listed)."""
 MISSING_RESCALE = ("error", "identity")
 """What to do with an image without RescaleSlope/RescaleIntercept: refuse it, or read its stored
 values as HU."""
@@ -167,6 +175,26 @@ def _rescale(item: Dataset | None, where: str, missing_rescale: str) -> tuple[fl
     if values[0] == 0:
         raise CTInputError("missing_rescale", f"{where} has RescaleSlope 0")
     return values
+
+
+def lossy_compression_ratio(dataset: Dataset) -> float | None:
+    """The lossy compression ratio an image has undergone (uncompressed size / compressed size), or
+    None if nothing says it was compressed lossily. From LossyImageCompression (0028,2110) "01" with
+    LossyImageCompressionRatio (0028,2112; successive compressions multiply), else, for pixel data
+    encapsulated in a transfer syntax that may be lossy (JPEG baseline or extended, JPEG-LS
+    near-lossless, JPEG 2000, HTJ2K), measured from the encapsulated bytes; NaN when the image is
+    marked lossy but no ratio is given or measurable."""
+    transfer_syntax = dataset.file_meta.get("TransferSyntaxUID") if hasattr(dataset, "file_meta") else None
+    marked = str(dataset.get("LossyImageCompression", "") or "").strip() == "01"
+    ratios = [optional_float(v) for v in values_of(dataset.get("LossyImageCompressionRatio"))]
+    if marked and ratios and all(r is not None and r > 0 for r in ratios):
+        return float(math.prod(ratios))
+    if transfer_syntax in LOSSY_CAPABLE_TRANSFER_SYNTAXES and "PixelData" in dataset:
+        try:
+            return _expected_pixel_bytes(dataset) / max(len(dataset.PixelData), 1)
+        except (AttributeError, TypeError, ValueError):
+            pass
+    return math.nan if marked else None
 
 
 def is_multiframe(dataset: Dataset) -> bool:

@@ -3,8 +3,9 @@
 Reading is `ct_io`'s (one way to read CT for the pipeline and `ctdeblur-deblur`): single-frame
 CT and Enhanced / Legacy Converted Enhanced multi-frame CT, HU by each frame's rescale, pixel
 padding (also written unsigned) and values below -1024 HU become air. The pipeline adds its own
-policy: a series UID is needed, and slices must be axial. Every refused input raises
-`CTInputError` with a stable reason code for the dead letter.
+policy: a series UID is needed, slices must be axial, and a slice compressed lossily beyond
+`max_lossy_ratio` is no sharp reference (its compression has already smoothed it). Every refused
+input raises `CTInputError` with a stable reason code for the dead letter.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import dataclasses
 import numpy as np
 from pydicom.dataset import Dataset
 
-from ct_io.dicom import dataset_frames, frames_hu, parse_dicom, skip_reason
+from ct_io.dicom import dataset_frames, frames_hu, lossy_compression_ratio, parse_dicom, skip_reason
 from ct_io.errors import CTInputError
 from ct_io.hu import body_fraction, with_air
 from ct_io.series import Frame
@@ -87,13 +88,20 @@ def read_file_hu(data: bytes, path: str) -> np.ndarray:
     return with_air(hu, padding)
 
 
-def scan_file(data: bytes, path: str, body_hu_threshold: float, with_air_fraction: bool = False) -> list[SliceHeader]:
+def scan_file(data: bytes, path: str, body_hu_threshold: float, with_air_fraction: bool = False,
+              max_lossy_ratio: float = 0.0) -> list[SliceHeader]:
     """Reads and validates one file fully (pixels included); one header per frame, with each
     slice's air fraction if `with_air_fraction` (the respiratory model's diaphragm search).
+    `max_lossy_ratio` > 0: a file compressed lossily at a higher ratio is refused (lossy_compressed;
+    a file marked lossy without a known ratio is kept).
 
     Raises CTInputError with the first problem found.
     """
     dataset, frames = read_ct_frames(data, path)
+    ratio = lossy_compression_ratio(dataset)
+    if max_lossy_ratio > 0 and ratio is not None and ratio > max_lossy_ratio:
+        raise CTInputError("lossy_compressed", f"{path}: compressed lossily at {ratio:.0f}:1, above max_lossy_ratio "
+                                               f"{max_lossy_ratio:g}: too smoothed to serve as a sharp image")
     hu, padding = frames_hu(dataset, frames, path)
     hu = with_air(hu, padding)
     series_uid, sop_uid, patient_id = str(dataset.SeriesInstanceUID), str(dataset.SOPInstanceUID), _patient_id(dataset)

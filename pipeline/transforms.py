@@ -57,16 +57,18 @@ def _count_rejection(rejection: Rejection) -> Rejection:
 class ScanSlicesFn(beam.DoFn):
     """InputFile -> (series_uid, (InputFile, SliceHeader)) per slice (frame), or a tagged Rejection."""
 
-    def __init__(self, body_hu_threshold: float, with_air_fraction: bool = False):
+    def __init__(self, body_hu_threshold: float, with_air_fraction: bool = False, max_lossy_ratio: float = 0.0):
         self.body_hu_threshold = body_hu_threshold
         self.with_air_fraction = with_air_fraction
+        self.max_lossy_ratio = max_lossy_ratio
         self.files_read = Metrics.counter(NAMESPACE, "files_read")
         self.slices_scanned = Metrics.counter(NAMESPACE, "slices_scanned")
 
     def process(self, source: InputFile):
         self.files_read.inc()
         try:
-            headers = scan_file(read_bytes(source.path), source.path, self.body_hu_threshold, self.with_air_fraction)
+            headers = scan_file(read_bytes(source.path), source.path, self.body_hu_threshold, self.with_air_fraction,
+                                self.max_lossy_ratio)
         except CTInputError as rejected:
             yield beam.pvalue.TaggedOutput(REJECTED, _count_rejection(
                 Rejection(source.path, rejected.reason, rejected.detail, "scan")))
@@ -385,8 +387,8 @@ class MakeDataset(beam.PTransform):
         config = self.config
         files = inputs | "InputFiles" >> beam.Filter(lambda item: isinstance(item, InputFile))
         source_rejections = inputs | "SourceRejections" >> beam.Filter(lambda item: isinstance(item, Rejection))
-        scanned = files | "ScanSlices" >> beam.ParDo(
-            ScanSlicesFn(config.body_hu_threshold, config.blur_model == "respiratory")).with_outputs(REJECTED, main="slices")
+        scan = ScanSlicesFn(config.body_hu_threshold, config.blur_model == "respiratory", config.max_lossy_ratio)
+        scanned = files | "ScanSlices" >> beam.ParDo(scan).with_outputs(REJECTED, main="slices")
         assembled = scanned.slices | "Assemble" >> AssembleSeries(config)
         plan = assembled["series"] | "PlanDataset" >> PlanDataset(config)
         written = {"series": assembled["series"], "plan": plan} | "WriteShards" >> WriteShards(config, self.output)

@@ -2,7 +2,9 @@
 
 The inputs are not procedural phantoms (their renderer may change): pydicom's real CT samples
 and a dicom-dir of slices written by `tests.ct_files`. The hashes were made before the shared
-CT I/O layer replaced the pipeline's own DICOM reader.
+CT I/O layer replaced the pipeline's own DICOM reader, when every pydicom sample was read (the run
+passes --max_lossy_ratio 0 to keep it so; refusing lossy slices is a choice of inputs, tested in
+test_slice_scan).
 """
 
 import glob
@@ -45,6 +47,6 @@ def test_dataset_bytes_are_those_of_the_golden_run(tmp_path):
     manifest = run(["--preset", "tiny", "--source", "dicom-dir", "--input", str(tmp_path / "in"), "--collection", "GOLD",
          "--source", "pydicom-samples", "--target_pairs", "12", "--test_pairs", "4", "--validation_pairs", "2",
          "--subdatasets", "2", "--kernels_per_slice", "2", "--pairs_per_shard", "3", "--seed", "7",
-         "--output", output])
+         "--max_lossy_ratio", "0", "--output", output])
     assert manifest["inputs"]["files"] == 12 + 3
     assert shard_hashes(output) == GOLDEN_SHARDS_SHA256

@@ -1,8 +1,12 @@
+import math
+
 import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from pydicom.uid import JPEG2000, JPEG2000Lossless
 
+from ct_io.dicom import lossy_compression_ratio
 from ct_io.errors import CTInputError
 from ct_io.hu import AIR_HU
 from pipeline.slice_scan import read_file_hu, scan_file
@@ -120,3 +124,44 @@ def test_padding_written_unsigned_becomes_air():
     stored = np.frombuffer(dataset.PixelData, "<i2").reshape(64, 64)
     assert (stored == -1).sum() > 100
     assert np.all(hu[stored == -1] == AIR_HU) and np.all(hu[stored != -1] == stored[stored != -1])
+
+
+def test_a_slice_compressed_lossily_beyond_the_limit_is_no_sharp_reference():
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("693_J2KI.dcm")
+    data = open(path, "rb").read()
+    assert lossy_compression_ratio(pydicom.dcmread(path)) == pytest.approx(338.687, abs=1e-3)
+    with pytest.raises(CTInputError) as error:
+        scan_file(data, path, -500.0, max_lossy_ratio=15.0)
+    assert error.value.reason == "lossy_compressed" and "339:1" in error.value.detail and "15" in error.value.detail
+    assert len(scan_file(data, path, -500.0, max_lossy_ratio=0.0)) == 1
+    assert len(scan_file(data, path, -500.0, max_lossy_ratio=400.0)) == 1
+    lossless = get_testdata_file("J2K_pixelrep_mismatch.dcm")
+    assert lossy_compression_ratio(pydicom.dcmread(lossless)) is None
+    assert len(scan_file(open(lossless, "rb").read(), lossless, -500.0, max_lossy_ratio=1.0)) == 1
+
+
+def test_lossy_ratio_from_the_tags_or_measured_from_the_compressed_data():
+    dataset = phantom_dataset(phantom_series(2, 3, 64, seed=0), 1)
+    assert lossy_compression_ratio(dataset) is None
+    dataset.LossyImageCompression = "01"
+    assert math.isnan(lossy_compression_ratio(dataset))
+    assert len(scan_file(dicom_bytes(dataset), "marked.dcm", -500.0, max_lossy_ratio=15.0)) == 1
+    dataset.LossyImageCompressionRatio = [10, 2.5]
+    assert lossy_compression_ratio(dataset) == pytest.approx(25.0)
+    with pytest.raises(CTInputError, match="25:1"):
+        scan_file(dicom_bytes(dataset), "twice.dcm", -500.0, max_lossy_ratio=15.0)
+    untagged = phantom_dataset(phantom_series(2, 3, 64, seed=0), 1)
+    untagged.compress(JPEG2000, j2k_cr=[40])
+    for keyword in ("LossyImageCompression", "LossyImageCompressionRatio", "LossyImageCompressionMethod"):
+        if keyword in untagged:
+            delattr(untagged, keyword)
+    measured = lossy_compression_ratio(untagged)
+    assert 20 < measured < 60
+    with pytest.raises(CTInputError) as error:
+        scan_file(dicom_bytes(untagged), "j2k.dcm", -500.0, max_lossy_ratio=15.0)
+    assert error.value.reason == "lossy_compressed"
+    lossless = phantom_dataset(phantom_series(2, 3, 64, seed=0), 1)
+    lossless.compress(JPEG2000Lossless)
+    assert lossy_compression_ratio(lossless) is None
