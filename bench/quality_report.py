@@ -174,7 +174,7 @@ def results_markdown(workdir: str, summary: dict[str, Any]) -> str:
             continue
         methods = list(document["methods"])
         patients = document["methods"]["blurry"]["patients"]
-        lines += ["", f"## {title}", "", f"{document['pairs']} pairs from {patients} patients.", ""]
+        lines += ["", f"## {title}", "", f"{document['pairs']} pairs from {patients} patient{'' if patients == 1 else 's'}.", ""]
         for scope_key, scope_title in MAIN_SCOPES:
             lines += [f"### {scope_title}, HU window [-1000, 1000]", "", *_table(document["scopes"][scope_key]["all"], methods), ""]
         collections = document["scopes"]["[-1000, 1000] full"].get("collection", {})

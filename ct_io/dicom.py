@@ -43,9 +43,12 @@ from ct_io.series import Frame
 CT_MODALITY = "CT"
 CT_SOP_CLASSES = frozenset({CTImageStorage, EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage})
 MULTIFRAME_CT_SOP_CLASSES = frozenset({EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage})
-LOSSY_CAPABLE_TRANSFER_SYNTAXES = frozenset({JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSNearLossless, JPEG2000, HTJ2K})
-"""Compressed transfer syntaxes whose data may have lost information (the lossless-only ones, RLE
-and JPEG 2000 / HTJ2K Lossless, are not listed)."""
+LOSSY_TRANSFER_SYNTAXES = {JPEGBaseline8Bit: "ISO_10918_1", JPEGExtended12Bit: "ISO_10918_1",
+                           JPEGLSNearLossless: "ISO_14495_1"}
+"""Transfer syntaxes that are always lossy -> LossyImageCompressionMethod."""
+LOSSY_CAPABLE_TRANSFER_SYNTAXES = frozenset({*LOSSY_TRANSFER_SYNTAXES, JPEG2000, HTJ2K})
+"""Compressed transfer syntaxes whose data may have lost information: the always lossy ones, and
+JPEG 2000 / HTJ2K, which may be either (their Lossless transfer syntaxes and RLE are not listed)."""
 MISSING_RESCALE = ("error", "identity")
 """What to do with an image without RescaleSlope/RescaleIntercept: refuse it, or read its stored
 values as HU."""
@@ -177,19 +180,24 @@ def _rescale(item: Dataset | None, where: str, missing_rescale: str) -> tuple[fl
     return values
 
 
-def lossy_compression_ratio(dataset: Dataset) -> float | None:
+LOSSY_RATIO_LIMIT = 15.0
+"""Lossy compression ratio above which a CT image counts as smoothed by its compression: the
+pipeline refuses it as a sharp reference (`max_lossy_ratio`), `ctdeblur-deblur` warns."""
+
+
+def lossy_compression_ratio(dataset: Dataset, measure: bool = True) -> float | None:
     """The lossy compression ratio an image has undergone (uncompressed size / compressed size), or
     None if nothing says it was compressed lossily. From LossyImageCompression (0028,2110) "01" with
     LossyImageCompressionRatio (0028,2112; successive compressions multiply), else, for pixel data
     encapsulated in a transfer syntax that may be lossy (JPEG baseline or extended, JPEG-LS
-    near-lossless, JPEG 2000, HTJ2K), measured from the encapsulated bytes; NaN when the image is
-    marked lossy but no ratio is given or measurable."""
+    near-lossless, JPEG 2000, HTJ2K), measured from the encapsulated bytes if `measure` (pixel data
+    read); NaN when the image is marked lossy but no ratio is given or measured."""
     transfer_syntax = dataset.file_meta.get("TransferSyntaxUID") if hasattr(dataset, "file_meta") else None
     marked = str(dataset.get("LossyImageCompression", "") or "").strip() == "01"
     ratios = [optional_float(v) for v in values_of(dataset.get("LossyImageCompressionRatio"))]
     if marked and ratios and all(r is not None and r > 0 for r in ratios):
         return float(math.prod(ratios))
-    if transfer_syntax in LOSSY_CAPABLE_TRANSFER_SYNTAXES and "PixelData" in dataset:
+    if measure and transfer_syntax in LOSSY_CAPABLE_TRANSFER_SYNTAXES and "PixelData" in dataset:
         try:
             return _expected_pixel_bytes(dataset) / max(len(dataset.PixelData), 1)
         except (AttributeError, TypeError, ValueError):

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ct_io.dicom import LOSSY_RATIO_LIMIT
 from ct_io.errors import CTInputError
 from ct_io.hu import stored_from_hu, with_air
 from ct_io.series import CTSeries
@@ -407,7 +408,12 @@ def run(args: argparse.Namespace, config: DeblurConfig) -> int:
     with InputFiles(args.input) as files:
         with _bar(len(files.sources), "reading headers", args.progress) as bar:
             found, report = scan_input(files, config.missing_rescale, progress=lambda: bar.update(1))
-        series = checked_series(select_series(found, report, args.input, args.series_uid))
+        chosen = select_series(found, report, args.input, args.series_uid)
+        series = checked_series(chosen)
+        if chosen.lossy_ratio is not None and chosen.lossy_ratio > LOSSY_RATIO_LIMIT:
+            print(f"{PROG}: warning: series {chosen.series_uid} was compressed lossily at {chosen.lossy_ratio:.0f}:1 "
+                  "(LossyImageCompressionRatio): the model learnt from sharp, lossless CT and may sharpen the "
+                  "compression's smoothing as if it were motion (docs/training.md)", file=sys.stderr)
         if config.format == "nifti":
             problem = series.regular_grid_problem()
             if problem:

@@ -23,6 +23,7 @@ import copy
 import dataclasses
 import datetime
 import io
+import math
 import os
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -30,17 +31,20 @@ from typing import BinaryIO
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import (
-    PYDICOM_IMPLEMENTATION_UID,
-    ExplicitVRLittleEndian,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLSNearLossless,
-    generate_uid,
-)
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 
 from cli_shell.command import UserError
-from ct_io.dicom import MULTIFRAME_CT_SOP_CLASSES, dataset_frames, frames_hu, optional_int, parse_dicom, skip_reason, values_of
+from ct_io.dicom import (
+    LOSSY_TRANSFER_SYNTAXES,
+    MULTIFRAME_CT_SOP_CLASSES,
+    dataset_frames,
+    frames_hu,
+    lossy_compression_ratio,
+    optional_int,
+    parse_dicom,
+    skip_reason,
+    values_of,
+)
 from ct_io.errors import CTInputError
 from ct_io.hu import INT16_MAX, INT16_MIN, as_stored_value
 from ct_io.series import CTSeries, Frame, check_series
@@ -48,9 +52,6 @@ from ct_io.zips import ZipLimits, ZipReader
 
 IMPLEMENTATION_VERSION_NAME = "CTDEBLUR_0_1"
 
-LOSSY_TRANSFER_SYNTAXES = {JPEGBaseline8Bit: "ISO_10918_1", JPEGExtended12Bit: "ISO_10918_1",
-                           JPEGLSNearLossless: "ISO_14495_1"}
-"""Transfer syntaxes that are always lossy -> LossyImageCompressionMethod (JPEG 2000 may be either)."""
 PIXEL_DEPENDENT_TAGS = (
     "SmallestImagePixelValue", "LargestImagePixelValue", "SmallestPixelValueInSeries", "LargestPixelValueInSeries",
     "PixelPaddingRangeLimit", "IconImageSequence", "ExtendedOffsetTable", "ExtendedOffsetTableLengths",
@@ -131,6 +132,8 @@ class SeriesInfo:
     description: str
     series_number: int | None
     frames: tuple[Frame, ...]
+    lossy_ratio: float | None = None
+    """The highest lossy compression ratio its files declare (LossyImageCompressionRatio), None if none does."""
 
 
 @dataclasses.dataclass
@@ -161,6 +164,7 @@ def scan_input(files: InputFiles, missing_rescale: str = "error", progress=None)
         report.skipped[reason] += count
     by_series: dict[str, list[Frame]] = {}
     descriptions: dict[str, tuple[str, int | None]] = {}
+    lossy_ratios: dict[str, float] = {}
     seen_sops: set[str] = set()
     for source in files.sources:
         if progress is not None:
@@ -186,7 +190,10 @@ def scan_input(files: InputFiles, missing_rescale: str = "error", progress=None)
             by_series.setdefault(series_uid, []).extend(dataset_frames(dataset, source, source.name, missing_rescale))
             descriptions.setdefault(series_uid, (str(dataset.get("SeriesDescription", "") or ""),
                                                  optional_int(dataset.get("SeriesNumber"))))
-    series = [SeriesInfo(uid, descriptions[uid][0], descriptions[uid][1], tuple(frames))
+            ratio = lossy_compression_ratio(dataset, measure=False)
+            if ratio is not None and not math.isnan(ratio):
+                lossy_ratios[series_uid] = max(ratio, lossy_ratios.get(series_uid, 0.0))
+    series = [SeriesInfo(uid, descriptions[uid][0], descriptions[uid][1], tuple(frames), lossy_ratios.get(uid))
               for uid, frames in by_series.items()]
     return series, report
 
