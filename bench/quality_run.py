@@ -121,7 +121,11 @@ class Run:
         log = self.path("logs", f"{label}.log")
         minutes = self._reused(label, argv, inputs)
         if minutes is not None:
-            print(f"[{self.minutes():5.1f} min] {label}: done in an earlier run ({minutes:.1f} min), reused", flush=True)
+            made_at, now = self.provenance[label].get("commit"), code_commit()
+            other_code = f"; made at {made_at}, this code is {now}: remove {self.path('logs', label + '.done.json')} " \
+                         "to make it with this code" if made_at and now and made_at != now else ""
+            print(f"[{self.minutes():5.1f} min] {label}: done in an earlier run ({minutes:.1f} min), reused{other_code}",
+                  flush=True)
             self.steps.append((label, argv, minutes))
             return minutes
         print(f"[{self.minutes():5.1f} min] {label}: {shown(argv)}  (log: {log})", flush=True)

@@ -1,5 +1,6 @@
 """bench/quality_run.py's steps: a resumed run reuses the steps that finished with the same command."""
 
+import json
 import os
 import sys
 import time
@@ -39,6 +40,20 @@ def test_resume_reuses_finished_steps_with_the_same_command_only(tmp_path):
     assert reused_a["reused"] is True and reused_a["commit"] == first_a["commit"]
     assert reused_a["finished"] == first_a["finished"]
     assert changed_b["reused"] is False
+
+
+def test_a_step_reused_from_other_code_says_so(tmp_path, capsys):
+    workdir = str(tmp_path)
+    Run(workdir).run("a", count_step(workdir, "a"))
+    marker = tmp_path / "logs" / "a.done.json"
+    done = json.loads(marker.read_text())
+    marker.write_text(json.dumps({**done, "commit": "0123abc"}))
+    capsys.readouterr()
+    again = Run(workdir, resume=True)
+    again.run("a", count_step(workdir, "a"))
+    out = capsys.readouterr().out
+    assert open(os.path.join(workdir, "a")).read() == "ran\n"
+    assert f"reused; made at 0123abc, this code is {code_commit()}: remove {marker}" in out
 
 
 def test_a_step_whose_input_was_made_again_runs_again(tmp_path):
