@@ -49,8 +49,9 @@ class PipelineConfig:
     kernels_per_slice: int = setting(1, "motion kernels (pairs) per selected slice; target_pairs and test_pairs must be multiples")
     min_body_fraction: float = setting(0.10, "skip slices where less than this fraction of pixels is body (HU > body_hu_threshold)")
     body_hu_threshold: float = setting(-500.0, "HU above which a pixel counts as body")
-    max_lossy_ratio: float = setting(LOSSY_RATIO_LIMIT, "refuse slices compressed lossily at a higher ratio (LossyImageCompressionRatio, "
-                                           "or measured from JPEG / JPEG 2000 data) as sharp references; 0 = accept any")
+    max_lossy_ratio: float = setting(LOSSY_RATIO_LIMIT, "refuse slices compressed lossily at a higher ratio "
+                                                        "(LossyImageCompressionRatio, or measured from JPEG / JPEG 2000 "
+                                                        "data) as sharp references; 0 = accept any")
     pairs_per_shard: int = setting(128, "pairs per TFRecord shard (about 1 MB per 512x512 pair uncompressed)")
     compression: str = setting("none", "shard compression: none or gzip", choices=("none", "gzip"))
     patient_salt: str = setting("ctdeblur-v1", "salt of the patient_key hash; set a secret one for non-public data")
